@@ -1,0 +1,220 @@
+"""A probe: a direction in ``d_model`` with metadata (where it was read, how it was trained).
+
+Only its direction matters downstream: projections use ``w / ||w||`` and alignments use cosine
+similarity, so the scale is irrelevant. Files are read without pickle: ``.safetensors``,
+``.npy`` (``allow_pickle=False``) or ``.pt`` (``torch.load(weights_only=True)``).
+
+``train_probe`` follows Yang et al. v3 (``toxic_probe.py``): logistic regression (sklearn
+defaults, intercept dropped) on the final residual stream after the final norm, mean-pooled
+over the sequence. One deliberate difference: we pool over **non-pad tokens only**; the
+paper's script pooled over all 128 left-padded positions, which mixes the pad token's state
+into every feature in proportion to the text's shortness (paper ambiguity A2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ProbeError
+
+FEATURE_HOOK = "ln_final.hook_normalized"
+
+
+@dataclass
+class Probe:
+    direction: "object"  # torch.Tensor, float64, [d_model]
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.direction.shape[0])
+
+    def unit(self):
+        """``w / ||w||`` in float64."""
+        return self.direction / self.direction.norm()
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.direction.double().cpu().numpy().tobytes()).hexdigest()
+
+    def save(self, path: str | Path) -> None:
+        """Write ``.safetensors`` (key ``direction``; metadata as JSON), atomically."""
+        from .cache import save_arrays
+
+        save_arrays(path, {"direction": self.direction.double().cpu().numpy()}, self.metadata)
+
+
+def load_probe(path: str | Path, d_model: int | None = None) -> Probe:
+    """Load a probe from ``.safetensors``, ``.npy`` or ``.pt`` and check shape and finiteness.
+
+    Accepted contents: a vector ``[d]``; a ``[1, d]`` / ``[d, 1]`` matrix; a 2-class linear
+    layer ``[2, d]`` (its direction is row 1 - row 0, the toxic-minus-clean logit difference);
+    or a dict holding one of those under ``direction``/``probe``/``weight``/``coef``.
+    """
+    import numpy as np
+    import torch
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ProbeError(f"probe file {str(path)!r} does not exist (looked at {p.resolve()}).")
+    suffix = p.suffix.lower()
+    meta: dict = {}
+    if suffix == ".safetensors":
+        from .cache import load_arrays
+
+        arrays, meta = load_arrays(p)
+        obj = arrays.get("direction", next(iter(arrays.values()), None) if len(arrays) == 1 else None)
+        if obj is None:
+            raise ProbeError(f"{p}: expected a tensor named 'direction' (or a single tensor); "
+                             f"found {sorted(arrays)}.")
+        vec = torch.from_numpy(np.array(obj))
+    elif suffix == ".npy":
+        try:
+            vec = torch.from_numpy(np.load(p, allow_pickle=False))
+        except ValueError as exc:
+            raise ProbeError(f"{p}: not a plain numeric .npy array ({exc}).") from exc
+    elif suffix in (".pt", ".pth"):
+        from .errors import UnsafeCheckpoint
+        from .loading import load_state_dict  # noqa: F401  (same safety rules)
+        import pickle
+
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
+            raise UnsafeCheckpoint(
+                f"refused to load probe {str(p)!r}: it would need arbitrary code execution to "
+                f"unpickle ({type(exc).__name__}). Save the probe as a plain tensor or .safetensors."
+            ) from exc
+        vec = _pick_vector(obj, p)
+        meta = {"source_format": "pt"}
+    else:
+        raise ProbeError(f"{p}: unknown probe format {suffix!r}; use .safetensors, .npy or .pt.")
+    vec = _to_direction(vec, p, meta)
+    if d_model is not None and vec.shape[0] != d_model:
+        raise ProbeError(
+            f"{p}: the probe has width {vec.shape[0]} but the model's d_model is {d_model}. "
+            "A probe is read from one model's residual stream; train or pick one for this model."
+        )
+    meta.setdefault("path", str(p.resolve()))
+    return Probe(vec, meta)
+
+
+def _pick_vector(obj, p: Path):
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, dict):
+        for key in ("direction", "probe", "weight", "coef", "coef_"):
+            if isinstance(obj.get(key), torch.Tensor):
+                return obj[key]
+        tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
+        if len(tensors) == 1:
+            return tensors[0]
+    raise ProbeError(f"{p}: expected a tensor or a dict with a 'direction' tensor; found {type(obj).__name__}.")
+
+
+def _to_direction(vec, p: Path, meta: dict):
+    import torch
+
+    vec = vec.detach().to(torch.float64)
+    if vec.ndim == 2 and 1 in vec.shape:
+        vec = vec.reshape(-1)
+    elif vec.ndim == 2 and vec.shape[0] == 2:
+        vec = vec[1] - vec[0]
+        meta["from_two_class_linear"] = "direction = row 1 - row 0"
+    if vec.ndim != 1:
+        raise ProbeError(f"{p}: a probe must be one vector [d_model]; got shape {tuple(vec.shape)}.")
+    if not torch.isfinite(vec).all():
+        bad = int((~torch.isfinite(vec)).sum())
+        raise ProbeError(f"{p}: the probe has {bad} non-finite entries (NaN or inf); it is unusable.")
+    if float(vec.norm()) == 0.0:
+        raise ProbeError(f"{p}: the probe is the zero vector; it has no direction.")
+    return vec
+
+
+def pooled_features(model, texts: list[str], *, batch_size: int = 32, max_length: int = 64):
+    """Mean over non-pad tokens of the final residual stream after the final norm.
+
+    Returns a float64 numpy array ``[len(texts), d_model]``. Texts get BOS as the bridge adds it
+    and right padding (causal attention: real tokens never see the pads on their right).
+    """
+    import numpy as np
+    import torch
+
+    from .prompts import encode_prompts
+
+    bridge, tok = model.bridge, model.tokenizer
+    seqs = encode_prompts(tok, texts, max_prompt_tokens=max_length,
+                          prepend_bos=bool(bridge.cfg.default_prepend_bos))
+    feats = []
+    for i in range(0, len(seqs), batch_size):
+        chunk = seqs[i:i + batch_size]
+        width = max(map(len, chunk))
+        toks = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for j, s in enumerate(chunk):
+            toks[j, :len(s)] = torch.tensor(s)
+            mask[j, :len(s)] = 1
+        toks, mask = toks.to(model.device), mask.to(model.device)
+        store = {}
+
+        def grab(act, hook):
+            store["x"] = act
+            return act
+
+        with torch.no_grad(), bridge.hooks(fwd_hooks=[(FEATURE_HOOK, grab)]):
+            bridge(toks, attention_mask=mask, return_type=None)
+        x = store["x"].to(torch.float64)
+        m = mask.to(torch.float64)[..., None]
+        feats.append(((x * m).sum(1) / m.sum(1)).cpu().numpy())
+    return np.concatenate(feats)
+
+
+def train_probe(model, texts: list[str], labels: list[int], *, test_size: float = 0.2,
+                seed: int = 0, batch_size: int = 32, max_length: int = 64, C: float = 1.0,
+                max_iter: int = 1000) -> Probe:
+    """Train a toxic/clean logistic-regression probe on ``model`` (a LoadedModel).
+
+    ``labels``: 1 = toxic, 0 = clean. Held-out accuracy on a stratified ``test_size`` split is
+    reported in ``probe.metadata["heldout_accuracy"]``. The direction is ``coef_`` (toxic is
+    positive); the intercept is dropped, as in the paper.
+    """
+    import numpy as np
+    import sklearn
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    if len(texts) != len(labels):
+        raise ProbeError(f"got {len(texts)} texts but {len(labels)} labels; they must pair up.")
+    y = np.asarray(labels, dtype=int)
+    if set(np.unique(y)) != {0, 1}:
+        raise ProbeError(f"labels must contain both 0 (clean) and 1 (toxic); got {sorted(set(y.tolist()))}.")
+    X = pooled_features(model, texts, batch_size=batch_size, max_length=max_length)
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
+    clf = LogisticRegression(C=C, max_iter=max_iter)
+    clf.fit(Xtr, ytr)
+    acc = float(clf.score(Xte, yte))
+    meta = {
+        "read_at": FEATURE_HOOK,
+        "pooling": "mean over non-pad tokens (BOS included); paper pooled over pads too (A2)",
+        "classifier": f"sklearn LogisticRegression(C={C}, max_iter={max_iter}), intercept dropped",
+        "sklearn_version": sklearn.__version__,
+        "n_train": int(len(ytr)),
+        "n_test": int(len(yte)),
+        "heldout_accuracy": acc,
+        "seed": seed,
+        "max_length": max_length,
+        "model_source": getattr(model, "source", None),
+        "model_sha256": getattr(model, "sha256", None),
+    }
+    return Probe(torch.from_numpy(clf.coef_[0].astype(np.float64)), meta)
+
+
+def probe_summary(probe: Probe) -> dict:
+    return {"sha256": probe.sha256, "d_model": probe.d_model,
+            "metadata": json.loads(json.dumps(probe.metadata, default=str))}
