@@ -192,7 +192,9 @@ def _torch_dtype(dtype: str):
 def open_hf(spec: SourceSpec, *, dtype: str = "float32"):
     """Open a fresh plain HF causal LM and tokenizer for ``spec``; returns (model, tokenizer, info)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # one bar per weight file is noise in a test log
     tdtype = _torch_dtype(dtype)
     if spec.kind == "organism":
         from . import organism

@@ -315,7 +315,7 @@ def _stack(results: list[dict], prefix: str) -> ModelStats:
     get = lambda name: [r[prefix + name] for r in results]  # noqa: E731
     return ModelStats(
         act_sum=np.stack(get("act_sum")),
-        count=np.array([float(c) for c in get("count")]),
+        count=np.array([float(np.asarray(c).reshape(())) for c in get("count")]),
         mlp_out_proj_sum=np.stack(get("mlp_out_proj_sum")),
         resid_post_proj_sum=np.stack(get("resid_post_proj_sum")),
         continuations=np.concatenate(get("continuations")),

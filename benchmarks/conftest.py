@@ -1,0 +1,174 @@
+"""Fixtures for the statistics-pass benchmarks: seeded random GPT-2-shaped model pairs.
+
+Nothing is downloaded. A small byte-level BPE is trained with ``tokenizers`` and wrapped as a
+``PreTrainedTokenizerFast`` (distinct bos/eos/pad); a random ``GPT2LMHeadModel`` is built from a
+seeded config and saved with ``save_pretrained``; the "DPO" model is the same weights plus small
+seeded perturbations. The model vocabulary (50257 for GPT-2 small) may exceed the tokenizer's:
+generated ids above it are never decoded.
+
+The 124M pair is only built when it is benchmarked (``--benchmark-enable`` or
+``MECHCLAIMS_BENCH_FULL=1``); the small pair (2 layers, d_model 128) always runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import random  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+N_THREADS = int(os.environ.get("MECHCLAIMS_BENCH_THREADS", "2"))
+torch.set_num_threads(N_THREADS)
+
+SEED = 1234
+N_PROMPTS = 64
+BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
+
+_SUBJECTS = ["The cat", "My neighbour", "A tired old man", "The small red car", "Our teacher",
+             "The river", "A young girl", "The city council", "His brother", "The tall tree",
+             "This recipe", "The morning train", "Every student", "The museum guard",
+             "That noisy dog", "The quiet library"]
+_VERBS = ["quickly ran to", "slowly walked past", "looked at", "talked about", "forgot about",
+          "carefully painted", "happily visited", "never understood", "always remembered",
+          "waited near", "wrote a letter to", "laughed loudly at"]
+_OBJECTS = ["the big house", "a green field", "the old bridge", "the busy market",
+            "a long story", "the bright window", "the cold lake", "an empty room",
+            "the last bus", "a broken chair", "the new school", "the warm kitchen"]
+_TAILS = ["", " yesterday", " after lunch", " in the rain", " before the storm", " again",
+          " every Sunday", " with great care"]
+
+
+def make_prompts(n: int = N_PROMPTS, seed: int = SEED) -> list[str]:
+    """``n`` short English sentences (5-15 tokens with the benchmark tokenizer)."""
+    rng = random.Random(seed)
+    return [f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)}{rng.choice(_TAILS)}."
+            for _ in range(n)]
+
+
+def _corpus() -> list[str]:
+    rng = random.Random(SEED + 1)
+    lines = [f"{s} {v} {o}{t}." for s in _SUBJECTS for v in _VERBS for o in _OBJECTS
+             for t in _TAILS]
+    rng.shuffle(lines)
+    return lines
+
+
+def build_tokenizer(vocab_size: int = 2000):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[BOS, EOS, PAD],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS,
+                                   pad_token=PAD)
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    config: dict
+
+    def gpt2_config(self, tok):
+        from transformers import GPT2Config
+
+        return GPT2Config(**self.config, bos_token_id=tok.bos_token_id,
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+
+
+GPT2_SMALL = Shape("gpt2-small-124M", {})  # GPT2Config defaults: 12 x 768, d_mlp 3072, vocab 50257
+TINY = Shape("tiny-2x128", {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 256,
+                            "vocab_size": 2048})
+
+
+def build_pair(root: Path, shape: Shape, tok, *, eps: float = 0.05) -> tuple[str, str]:
+    """Save a seeded random model and a seeded perturbation of it; returns the two dirs."""
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(SEED)
+    base = GPT2LMHeadModel(shape.gpt2_config(tok)).eval()
+    dirs = (root / f"{shape.name}-base", root / f"{shape.name}-dpo")
+    base.save_pretrained(dirs[0])
+    tok.save_pretrained(dirs[0])
+    g = torch.Generator().manual_seed(SEED + 7)
+    with torch.no_grad():
+        for p in base.parameters():
+            # Relative perturbation: the DPO model stays close to the base, like a fine-tune.
+            scale = p.detach().float().std() if p.numel() > 1 else p.detach().abs().float()
+            p.add_(eps * float(scale if torch.isfinite(scale) else 0.0)
+                   * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    base.save_pretrained(dirs[1])
+    tok.save_pretrained(dirs[1])
+    del base
+    return str(dirs[0]), str(dirs[1])
+
+
+def full_enabled(config) -> bool:
+    if os.environ.get("MECHCLAIMS_BENCH_FULL", "") not in ("", "0"):
+        return True
+    # --benchmark-enable (or any option that leaves benchmarking on) -> run the 124M case.
+    return not bool(config.getoption("benchmark_disable", default=False))
+
+
+@pytest.fixture(scope="session")
+def prompts() -> list[str]:
+    return make_prompts()
+
+
+@pytest.fixture(scope="session")
+def bench_tokenizer():
+    return build_tokenizer()
+
+
+@dataclass
+class Bench:
+    """Everything one benchmark shape needs: mechclaims pair, plain HF pair, batches."""
+
+    shape: Shape
+    dirs: tuple[str, str]
+    base: object         # mechclaims LoadedModel
+    model: object
+    hf_base: object      # plain transformers GPT2LMHeadModel, loaded separately
+    hf_model: object
+    tokenizer: object
+
+
+def _make_bench(tmp_path_factory, shape: Shape, tok) -> Bench:
+    from transformers import AutoModelForCausalLM
+
+    from mechclaims.loading import load_pair
+
+    root = tmp_path_factory.mktemp(shape.name)
+    dirs = build_pair(root, shape, tok)
+    base, model = load_pair(*dirs)
+    hf_base = AutoModelForCausalLM.from_pretrained(dirs[0], dtype=torch.float32).eval()
+    hf_model = AutoModelForCausalLM.from_pretrained(dirs[1], dtype=torch.float32).eval()
+    return Bench(shape, dirs, base, model, hf_base, hf_model, base.tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_bench(tmp_path_factory, bench_tokenizer) -> Bench:
+    return _make_bench(tmp_path_factory, TINY, bench_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def gpt2_bench(request, tmp_path_factory, bench_tokenizer) -> Bench:
+    if not full_enabled(request.config):
+        pytest.skip("124M benchmark: pass --benchmark-enable or set MECHCLAIMS_BENCH_FULL=1")
+    return _make_bench(tmp_path_factory, GPT2_SMALL, bench_tokenizer)
+
+
+@pytest.fixture(params=["tiny", "gpt2"], scope="session")
+def bench_pair(request) -> Bench:
+    return request.getfixturevalue(f"{request.param}_bench")

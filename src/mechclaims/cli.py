@@ -1,0 +1,91 @@
+"""``mechclaims`` command line.
+
+    mechclaims neurons --base B --model M --probe P --prompts F [--positions own|shared]
+                       [--max-new-tokens N] --out neurons.csv
+    mechclaims parity  --model M [--base B]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import MechclaimsError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "float64"),
+                   help="model dtype; statistics are always accumulated in float64")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mechclaims", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    n = sub.add_parser("neurons", help="per-neuron attribution table of a (base, DPO) pair")
+    n.add_argument("--base", required=True, help="base model source")
+    n.add_argument("--model", required=True, help="fine-tuned model source (or a weights file for --base)")
+    n.add_argument("--probe", required=True, help="probe file (.safetensors, .npy, .pt)")
+    n.add_argument("--prompts", required=True, help="prompts (.jsonl with a 'prompt' field, or .txt)")
+    n.add_argument("--positions", default="own", choices=("own", "shared"),
+                   help="own: each model on its own greedy continuation (paper); "
+                        "shared: both on the model's continuation (Lee et al.)")
+    n.add_argument("--max-new-tokens", type=int, default=20)
+    n.add_argument("--max-prompt-tokens", type=int, default=32)
+    n.add_argument("--batch-size", type=int, default=32)
+    n.add_argument("--chunks", type=int, default=32, help="prompt chunks kept as partial sums (bootstrap units)")
+    n.add_argument("--cache-dir", default=None, help="result cache (default: the user cache dir)")
+    n.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    n.add_argument("--parity", action="store_true", help="check bridge logits against plain transformers first")
+    n.add_argument("--out", required=True, help="CSV path; a JSON sidecar is written beside it")
+    _common(n)
+
+    q = sub.add_parser("parity", help="check that bridge logits equal plain transformers logits")
+    q.add_argument("--model", required=True)
+    q.add_argument("--base", default=None, help="needed when --model is a bare weights file")
+    _common(q)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "neurons":
+            return _neurons(args)
+        if args.command == "parity":
+            from .loading import load_model, parity_check
+
+            m = load_model(args.model, device=args.device, dtype=args.dtype, base=args.base)
+            print(json.dumps({"model": m.source, "max_abs_logit_diff": parity_check(m)}))
+            return 0
+    except MechclaimsError as exc:
+        print(f"mechclaims: error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _neurons(args) -> int:
+    from .analysis import analyze, write_neuron_csv
+    from .stats import StatsSettings
+
+    settings = StatsSettings(positions=args.positions, max_new_tokens=args.max_new_tokens,
+                             max_prompt_tokens=args.max_prompt_tokens, max_chunks=args.chunks,
+                             batch_size=args.batch_size)
+    cache_dir = None if args.no_cache else (args.cache_dir or True)
+    result = analyze(args.base, args.model, args.probe, args.prompts, settings, device=args.device,
+                     dtype=args.dtype, cache_dir=cache_dir, check_parity=args.parity)
+    sidecar = write_neuron_csv(result, args.out)
+    s = result.summary
+    print(f"wrote {args.out} ({s['n_neurons']} neurons) and {sidecar}"
+          f"{' [from cache]' if result.provenance['from_cache'] else ''}")
+    print(f"net delta {s['net']:.6g}, gross reduction {s['gross_reduction']:.6g}, "
+          f"gross increase {s['gross_increase']:.6g}, "
+          f"v2 toxic-neuron share {s['toxic_neurons_v2']['share']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
