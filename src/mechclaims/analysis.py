@@ -34,7 +34,7 @@ class NeuronAnalysis:
 
 
 def _weights_key(base_sha, model_sha, probe_sha) -> dict:
-    return {"kind": "weight-terms", "version": 1, "base_sha256": base_sha,
+    return {"kind": "weight-terms", "version": 2, "base_sha256": base_sha,
             "model_sha256": model_sha, "probe_sha256": probe_sha}
 
 
@@ -65,9 +65,10 @@ def analyze(base_source: str, model_source: str, probe: str | Path | Probe, prom
     probe_obj = probe if isinstance(probe, Probe) else load_probe(probe)
 
     stats = wt = None
+    gated = None
     b_sha, m_sha = _cheap_sha(base_source, None), _cheap_sha(model_source, base_source)
     if cache.enabled and b_sha and m_sha:
-        stats, wt = _from_cache(cache, b_sha, m_sha, probe_obj, prompt_list, settings, dtype, device)
+        stats, wt, gated = _from_cache(cache, b_sha, m_sha, probe_obj, prompt_list, settings, dtype, device)
 
     base = model = None
     parity = None
@@ -82,14 +83,16 @@ def analyze(base_source: str, model_source: str, probe: str | Path | Probe, prom
             parity = {"base": parity_check(base), "model": parity_check(model)}
         stats = collect_pair(base, model, prompt_list, probe_obj, settings, cache=cache, progress=progress)
         wt = weight_terms(base, model, probe_obj)
+        gated = base.gated
         if cache.enabled:
-            _save_weights(cache, base.sha256, model.sha256, probe_obj.sha256, wt)
+            _save_weights(cache, base.sha256, model.sha256, probe_obj.sha256, wt, gated)
         b_sha, m_sha = base.sha256, model.sha256
 
     attr = attribute(stats, wt)
     prov = {
         "created": now_utc(),
-        "base": base.describe() if base else {"source": str(parse_source(base_source)), "sha256": b_sha},
+        "base": base.describe() if base else {"source": str(parse_source(base_source)), "sha256": b_sha,
+                                              "gated_mlp": gated},
         "model": model.describe() if model else {"source": str(parse_source(model_source, base=base_source)),
                                                  "sha256": m_sha},
         "probe": probe_summary(probe_obj),
@@ -112,22 +115,23 @@ def _from_cache(cache, b_sha, m_sha, probe, prompts, settings, dtype, device):
     entry = cache.entry(_weights_key(b_sha, m_sha, probe.sha256))
     w = entry.load_chunk(0)
     if w is None:
-        return None, None
+        return None, None, None
     key = stats_key(_Hashed(b_sha, dtype, device), _Hashed(m_sha, dtype, device), probe, prompts, settings)
     sentry = cache.entry(key)
     ranges = chunk_ranges(len(prompts), settings.max_chunks)
     chunks = [sentry.load_chunk(k) for k in range(len(ranges))]
     if any(c is None for c in chunks):
-        return None, None
+        return None, None, None
     stats = PairStats(_stack(chunks, "base_"), _stack(chunks, "model_"), settings, ranges,
                       {"cache_key": key, "cache_digest": sentry.digest})
     wt = WeightTerms(**{k: np.asarray(w[k]) for k in WeightTerms.__dataclass_fields__})
-    return stats, wt
+    return stats, wt, bool(w["gated_mlp"])
 
 
-def _save_weights(cache, b_sha, m_sha, p_sha, wt: WeightTerms) -> None:
+def _save_weights(cache, b_sha, m_sha, p_sha, wt: WeightTerms, gated: bool) -> None:
     entry = cache.entry(_weights_key(b_sha, m_sha, p_sha))
-    entry.save_chunk(0, {k: getattr(wt, k) for k in WeightTerms.__dataclass_fields__})
+    arrays = {k: getattr(wt, k) for k in WeightTerms.__dataclass_fields__}
+    entry.save_chunk(0, {**arrays, "gated_mlp": np.array(int(gated))})
 
 
 def write_neuron_csv(analysis: NeuronAnalysis, path: str | Path) -> Path:

@@ -1,9 +1,188 @@
-"""pytest plugin entry point (``pytest11``).
+"""pytest plugin (``pytest11`` entry point ``mechclaims``): options, fixtures, report.
 
-The claim suite's options (``--model``, ``--base``, ``--probe`` ...), session fixtures and the
-HTML claim report are registered here. It must stay cheap to import: torch and transformers
-are imported lazily inside fixtures, so ``pytest --help`` stays fast.
+    pytest claims/                                  # the embedded GPT-2 organism pair
+    pytest claims/ --model my-dpo-ckpt --base gpt2-medium --probe probe.pt --prompts prompts.jsonl
 
-The claims themselves are not written yet (the "claim suite" issue); until then this plugin
-registers nothing, and the engine is used through ``mechclaims neurons`` or the library.
+Options are parsed once into a frozen ``ClaimsConfig`` (command line > ``--claims-config``
+> ``[tool.mechclaims]`` in the rootdir's pyproject.toml). The session computes the pair's
+statistics and attribution once (through the engine's disk cache, so a second run does no
+model work), evaluates every collected claim with a paired bootstrap, and writes
+``reports/claims.html`` and ``claims.json`` at the end. Importing this module does not import
+torch or transformers, so ``pytest --help`` stays fast.
 """
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+_OPTIONS = (
+    ("--model", "model", "fine-tuned (DPO) model source: HF dir, hub id, BASE::WEIGHTS, or "
+                         "organism:NAME (default: organism:gpt2)"),
+    ("--base", "base", "base model source (default for organism models: the organism's base)"),
+    ("--probe", "probe", "probe direction (.safetensors, .npy, .pt; default: the organism's)"),
+    ("--prompts", "prompts", "prompts (.jsonl with 'prompt', or .txt; default: the organism's)"),
+    ("--max-new-tokens", "max_new_tokens", "greedy tokens generated per prompt (default 20)"),
+    ("--positions", "positions", "own (each model on its own continuation, the paper's) or shared "
+                                 "(both on the DPO model's continuation)"),
+    ("--device", "device", "cpu, cuda, cuda:1, ... (default cpu)"),
+    ("--dtype", "dtype", "float32, bfloat16, float16, float64 (statistics are float64 always)"),
+    ("--cache-dir", "cache_dir", "result cache directory (default: the user cache dir)"),
+    ("--claims-config", "claims_config", "TOML file with settings and [thresholds] by claim ID"),
+    ("--report", "report", "HTML report path (default reports/claims.html; claims.json beside it)"),
+    ("--bootstrap", "bootstrap", "bootstrap resamples for the intervals (default 200)"),
+)
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("mechclaims", "mechclaims claim suite")
+    for flag, dest, help_ in _OPTIONS:
+        group.addoption(flag, dest=f"mechclaims_{dest}", default=None, help=help_)
+    # pytest owns --strict (its strict mode); we honour it too, and add an unambiguous alias.
+    group.addoption("--claims-strict", dest="mechclaims_strict", action="store_true", default=None,
+                    help="verdicts use the 95%% interval's pessimistic end, not the point estimate "
+                         "(pytest's own --strict turns this on as well)")
+
+
+class _State:
+    def __init__(self):
+        self.specs = {}
+        self.config = None
+        self.suite = None
+        self.error = None
+
+
+_KEY = pytest.StashKey[_State]()
+
+
+def pytest_configure(config):
+    config.stash[_KEY] = _State()
+    config.addinivalue_line("markers", "mechclaims_claim(id): a mechclaims claim test (added automatically)")
+
+
+def pytest_itemcollected(item):
+    spec = getattr(getattr(item, "function", None), "mechclaims_spec", None)
+    if spec is not None:
+        item.config.stash[_KEY].specs[spec.id] = spec
+        item.add_marker(pytest.mark.mechclaims_claim(spec.id))
+
+
+def pytest_collection_modifyitems(session, config, items):
+    state = config.stash[_KEY]
+    if not state.specs:
+        return
+    from .config import build_config
+    from .errors import MechclaimsError
+    from .suite import apply_thresholds
+
+    cli = {dest: config.getoption(f"mechclaims_{dest}") for _, dest, _ in _OPTIONS}
+    cli["strict"] = True if (config.getoption("mechclaims_strict") or _pytest_strict(config)) else None
+    claims_config = cli.pop("claims_config")
+    if cli.get("report"):
+        cli["report"] = str(config.invocation_params.dir / cli["report"])
+    try:
+        cfg = build_config(cli, claims_config=claims_config,
+                           pyproject=config.rootpath / "pyproject.toml")
+        apply_thresholds(state.specs, cfg.thresholds)  # unknown IDs fail before any model work
+    except MechclaimsError as exc:
+        raise pytest.UsageError(f"mechclaims: {exc}") from None
+    if not os.path.isabs(cfg.report):
+        from dataclasses import replace
+
+        cfg = replace(cfg, report=str(config.invocation_params.dir / cfg.report))
+    _offline_unless_hub(cfg)
+    state.config = cfg
+
+
+def _pytest_strict(config) -> bool:
+    try:
+        return bool(config.getini("strict"))
+    except (ValueError, KeyError):
+        return False
+
+
+def _offline_unless_hub(cfg) -> None:
+    """Go offline (before transformers is imported) unless the user named a hub id."""
+    from .loading import parse_source
+
+    kinds = set()
+    for src in (cfg.base, cfg.model):
+        try:
+            kinds.add(parse_source(src, base=cfg.base).kind)
+        except Exception:  # noqa: BLE001 - reported properly when the models load
+            pass
+    if "hub" not in kinds:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class _Verifier:
+    """Function-scoped view of the session suite: verifies one claim for one test item."""
+
+    def __init__(self, state, node):
+        self._state, self._node = state, node
+
+    def verify(self, cid: str) -> None:
+        state = self._state
+        if state.error is not None:
+            pytest.fail(f"mechclaims could not compute the analysis: {state.error}", pytrace=False)
+        if state.suite is None:
+            from .errors import MechclaimsError
+            from .suite import ClaimSuite
+
+            try:
+                state.suite = ClaimSuite(state.config, state.specs)
+                state.suite.compute()
+            except MechclaimsError as exc:
+                state.error = exc
+                pytest.fail(f"mechclaims could not compute the analysis: {exc}", pytrace=False)
+        r = state.suite.result(cid)
+        for c in r.checks:
+            self._node.user_properties.append((f"{c.check.name}", f"{c.value:.6g}"))
+            self._node.user_properties.append((f"{c.check.name}_ci", f"[{c.lo:.6g}, {c.hi:.6g}]"))
+            self._node.user_properties.append((f"{c.check.name}_threshold", f"{c.check.op} {c.check.threshold:g}"))
+        self._node.user_properties.append(("verdict", r.status + (" (unstable)" if r.unstable else "")))
+        if r.status == "skip":
+            pytest.skip(f"{cid} does not apply: {r.reason}")
+        if r.status == "fail":
+            pytest.fail(r.message() + (f" — {r.reason}" if r.reason else ""), pytrace=False)
+
+
+@pytest.fixture
+def mechclaims_claims(request):
+    state = request.config.stash[_KEY]
+    if state.config is None:
+        pytest.fail("mechclaims: no configuration (was the claim collected by the plugin?)", pytrace=False)
+    return _Verifier(state, request.node)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    state = session.config.stash.get(_KEY, None)
+    if state is None or state.suite is None or not state.suite.verified:
+        return
+    from .report import write_reports
+
+    html, js = write_reports(state.suite)
+    state.report_paths = (html, js)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    state = config.stash.get(_KEY, None)
+    paths = getattr(state, "report_paths", None)
+    if paths:
+        suite = state.suite
+        unstable = [c for c in suite.verified_unique() if suite.results[c].unstable]
+        terminalreporter.write_sep("-", "mechclaims")
+        terminalreporter.write_line(f"claim report: {paths[0]}")
+        terminalreporter.write_line(f"claim data:   {paths[1]}")
+        if unstable:
+            terminalreporter.write_line(f"unstable (interval straddles the threshold): {', '.join(unstable)}")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_results_summary(prefix, summary, postfix, session):
+    state = session.config.stash.get(_KEY, None)
+    paths = getattr(state, "report_paths", None)
+    if paths:
+        prefix.append(f"<p>mechclaims claim report: <a href='{paths[0]}'>{paths[0]}</a></p>")

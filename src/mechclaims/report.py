@@ -1,0 +1,214 @@
+"""The claim report: ``claims.json`` (every number, stable keys) and ``claims.html``.
+
+The HTML is rendered from the JSON document itself through a Jinja2 template, so the two
+cannot disagree; figures are matplotlib PNGs embedded as base64 (no network, one file).
+
+JSON schema ``mechclaims.claims/1`` (top-level keys):
+
+``schema``, ``created``
+``config``       the frozen run configuration (options, thresholds, bootstrap settings)
+``provenance``   models (source, sha256, architecture, dims, dtype), probe, prompts,
+                 settings (positions, tokens, accumulation, weight processing), versions
+``bootstrap``    resamples, seed, unit, number of chunks, level, paired
+``counts``       number of claims per status (pass, fail, skip)
+``claims``       list, one per claim run: id, slug, family, statement, source, paper_value,
+                 status, reason, unstable, checks [name, label, op, threshold, value, ci,
+                 holds, holds_strict, unstable], details {name: {value, ci}}
+``attribution``  the engine's summary: net, gross reduction/increase, counts, per-layer
+                 sums, Definition A/B group counts, sums and shares, v2 toxic-neuron share
+``layers``       per-layer mean MLP-output and residual projections onto the probe, base and DPO
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .attribution import GROUPS_B
+from .cache import atomic_write_text
+from .provenance import now_utc
+
+SCHEMA = "mechclaims.claims/1"
+STATUS_ORDER = ("fail", "pass", "skip")
+
+
+def _clean(x):
+    """JSON-safe: NaN/inf become null (never a silent number)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.generic):
+        return _clean(x.item())
+    return x
+
+
+def build_document(suite) -> dict:
+    an = suite.analysis
+    results = [suite.results[c] for c in suite.verified_unique()]
+    counts = {s: sum(r.status == s for r in results) for s in STATUS_ORDER}
+    st = an.stats
+    doc = {
+        "schema": SCHEMA,
+        "created": now_utc(),
+        "config": suite.config.public(),
+        "provenance": an.provenance,
+        "bootstrap": suite.bootstrap_info,
+        "counts": counts,
+        "claims": [r.as_dict() for r in results],
+        "attribution": an.summary,
+        "layers": {
+            "mlp_out_proj_base": st.base.mean_mlp_out_proj().tolist(),
+            "mlp_out_proj_dpo": st.model.mean_mlp_out_proj().tolist(),
+            "resid_post_proj_base": st.base.mean_resid_post_proj().tolist(),
+            "resid_post_proj_dpo": st.model.mean_resid_post_proj().tolist(),
+        },
+    }
+    return _clean(json.loads(json.dumps(doc, default=str)))
+
+
+# ------------------------------------------------------------------------------------------
+# Figures
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+COLORS = {"TP↓": "#c0392b", "TN↓": "#e67e22", "AP↓": "#2980b9", "AN↓": "#16a085",
+          "TP↑": "#f1948a", "TN↑": "#f8c471", "AP↑": "#85c1e9", "AN↑": "#76d7c4"}
+
+
+def figures(suite, max_points: int = 20000) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    a = suite.analysis.attribution
+    s = suite.analysis.summary
+    out = {}
+
+    # 1. per-layer net and gross reduction by group
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    L = a.n_layers
+    x = np.arange(L)
+    bottom_pos, bottom_neg = np.zeros(L), np.zeros(L)
+    for g in GROUPS_B:
+        vals = np.asarray(s["per_layer"]["group_b"][g])
+        if g.endswith("↓"):
+            ax.bar(x, vals, bottom=bottom_pos, color=COLORS[g], label=g, width=0.8)
+            bottom_pos += vals
+        else:
+            ax.bar(x, vals, bottom=bottom_neg, color=COLORS[g], label=g, width=0.8)
+            bottom_neg += vals
+    ax.plot(x, s["per_layer"]["net"], "k.-", label="net Σ Δ")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("Σ Δ (probe-projection units)")
+    ax.set_title("Per-layer reduction (↓, above 0) and increase (↑, below 0) by group")
+    ax.legend(ncol=5, fontsize=7, loc="best")
+    out["per_layer"] = _png(fig)
+
+    # 2. the four-group bar chart
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    shares = [s["group_b_share"][g] if s["group_b_share"][g] is not None else 0.0 for g in GROUPS_B[:4]]
+    shares = [0.0 if (v is None or not math.isfinite(v)) else v for v in shares]
+    bars = ax.bar(GROUPS_B[:4], shares, color=[COLORS[g] for g in GROUPS_B[:4]])
+    for b, v in zip(bars, shares):
+        ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.0%}", ha="center", va="bottom", fontsize=9)
+    ax.set_ylabel("share of gross reduction")
+    ax.set_title("Four reducing groups (Definition B)")
+    out["groups"] = _png(fig)
+
+    # 3. cosine against delta (the paper's contribution plot)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    cos, d, gb = a.cos.ravel(), a.delta.ravel(), a.group_b.ravel()
+    idx = np.arange(cos.size)
+    if cos.size > max_points:
+        idx = np.random.default_rng(0).choice(cos.size, max_points, replace=False)
+    for i, g in enumerate(GROUPS_B):
+        sel = idx[gb[idx] == i]
+        ax.scatter(cos[sel], d[sel], s=4, alpha=0.6, color=COLORS[g], label=g)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.axvline(0, color="k", lw=0.5)
+    ax.set_xlabel("cos(v_base, w)")
+    ax.set_ylabel("Δ = proj_base − proj_dpo")
+    ax.set_title("Neuron contributions" + (f" ({max_points} sampled)" if cos.size > max_points else ""))
+    ax.legend(ncol=4, fontsize=7, markerscale=3)
+    out["scatter"] = _png(fig)
+
+    # 4. distribution of delta
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    nz = d[d != 0]
+    if nz.size:
+        lim = np.percentile(np.abs(nz), 99.5)
+        ax.hist(np.clip(nz, -lim, lim), bins=80, color="#555")
+    ax.axvline(0, color="r", lw=0.8)
+    ax.set_xlabel("Δ per neuron (clipped at the 99.5th |Δ| percentile)")
+    ax.set_ylabel("neurons")
+    ax.set_title(f"Distribution of Δ ({s['n_delta_positive']} > 0, {s['n_delta_negative']} < 0, "
+                 f"{s['n_delta_zero']} = 0)")
+    out["delta_hist"] = _png(fig)
+
+    # 5. layer-level projection of the MLP output (paper v1 Fig. 1a)
+    st = suite.analysis.stats
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot(x, st.base.mean_mlp_out_proj(), "o-", label="base")
+    ax.plot(x, st.model.mean_mlp_out_proj(), "s-", label="DPO")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("mean MLP output · ŵ")
+    ax.set_title("MLP-layer output projection onto the probe")
+    ax.legend()
+    out["layer_projection"] = _png(fig)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Rendering
+
+
+def fmt(x, digits: int = 4) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, int):
+        return str(x)
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e4 or abs(x) < 1e-3:
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}"
+
+
+def render_html(doc: dict, figs: dict[str, str]) -> str:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("mechclaims", "templates"),
+                      autoescape=select_autoescape(["html", "j2"]))
+    env.filters["fmt"] = fmt
+    env.filters["pct"] = lambda x: "n/a" if x is None else f"{x:.1%}"
+    return env.get_template("claims.html.j2").render(doc=doc, figs=figs, groups=GROUPS_B)
+
+
+def write_reports(suite) -> tuple[Path, Path]:
+    """Write ``claims.html`` and ``claims.json`` atomically; returns their paths."""
+    doc = build_document(suite)
+    html_path = Path(suite.config.report)
+    json_path = suite.config.json_report
+    atomic_write_text(json_path, json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False))
+    atomic_write_text(html_path, render_html(doc, figures(suite)))
+    return html_path, json_path
