@@ -45,11 +45,11 @@ class _Hashed:
         self.sha256, self.dtype, self.device = sha256, dtype, device
 
 
-def _cheap_sha(source: str, base: str | None) -> str | None:
+def _cheap_sha(source: str, base: str | None, memo: bool = True) -> str | None:
     spec = parse_source(source, base=base)
     if spec.kind == "organism":
         return None  # known after opening (cheap for the small organisms)
-    return source_sha256(spec)
+    return source_sha256(spec, memo=memo)
 
 
 def analyze(base_source: str, model_source: str, probe: str | Path | Probe, prompts: str | Path | list[str],
@@ -66,15 +66,15 @@ def analyze(base_source: str, model_source: str, probe: str | Path | Probe, prom
 
     stats = wt = None
     gated = None
-    b_sha, m_sha = _cheap_sha(base_source, None), _cheap_sha(model_source, base_source)
+    b_sha, m_sha = _cheap_sha(base_source, None, cache.enabled), _cheap_sha(model_source, base_source, cache.enabled)
     if cache.enabled and b_sha and m_sha:
         stats, wt, gated = _from_cache(cache, b_sha, m_sha, probe_obj, prompt_list, settings, dtype, device)
 
     base = model = None
     parity = None
     if stats is None:
-        base = load_model(base_source, device=device, dtype=dtype)
-        model = load_model(model_source, device=device, dtype=dtype, base=base_source)
+        base = load_model(base_source, device=device, dtype=dtype, memo=cache.enabled)
+        model = load_model(model_source, device=device, dtype=dtype, base=base_source, memo=cache.enabled)
         check_pair(base, model)
         probe_obj = probe if isinstance(probe, Probe) else load_probe(probe, d_model=base.d_model)
         if check_parity:

@@ -155,7 +155,7 @@ def parse_source(source: str, *, base: str | None = None) -> SourceSpec:
                 "model directory written by save_pretrained()."
             )
         return SourceSpec("dir", str(path.resolve()))
-    if source.startswith((".", "/", "~")) or os.sep + os.sep in source or path.suffix:
+    if source.startswith((".", "/", "~")) or os.sep + os.sep in source or source.count("/") > 1 or path.suffix.lower() in _HASHED_SUFFIXES:
         raise ModelSourceError(
             f"model path {source!r} does not exist (looked at {path.resolve()}). Expected a "
             "local HF directory, a hub id such as gpt2-medium, BASE::WEIGHTS, or organism:NAME."
@@ -244,7 +244,14 @@ def load_state_dict(path: str) -> dict:
         return load_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
+    except (RuntimeError, EOFError, OSError) as exc:
+        if "weights_only" not in str(exc).lower() and "unpickl" not in str(exc).lower():
+            raise ModelSourceError(
+                f"could not read {path!r} as a torch checkpoint ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); is the file complete?"
+            ) from exc
+        raise UnsafeCheckpoint(f"refused to load {path!r}: {str(exc)[:300]}") from exc
+    except (pickle.UnpicklingError, AttributeError, TypeError) as exc:
         raise UnsafeCheckpoint(
             f"refused to load {path!r}: it is not a plain tensor checkpoint and would need "
             f"arbitrary code execution to unpickle ({type(exc).__name__}: {str(exc)[:200]}). "
@@ -304,10 +311,12 @@ def _memo_path() -> Path:
     return default_cache_dir() / "file-hashes.json"
 
 
-def sha256_file_memo(path: str | Path) -> str:
+def sha256_file_memo(path: str | Path, memo: bool = True) -> str:
     """sha256 of a file, memoised by (path, size, mtime) so large checkpoints are hashed once."""
     from .cache import atomic_write_text
 
+    if not memo:
+        return sha256_file(path)
     p = Path(path).resolve()
     st = p.stat()
     key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
@@ -327,14 +336,14 @@ def sha256_file_memo(path: str | Path) -> str:
     return digest
 
 
-def source_sha256(spec: SourceSpec, hf=None, info: dict | None = None) -> str:
+def source_sha256(spec: SourceSpec, hf=None, info: dict | None = None, *, memo: bool = True) -> str:
     """Content hash of a model source (the files that define its weights and config)."""
     if spec.kind == "organism":
         return (info or {}).get("sha256") or hashlib.sha256(str(spec).encode()).hexdigest()
     if spec.kind == "weights":
         h = hashlib.sha256()
-        h.update(source_sha256(spec.base).encode())
-        h.update(sha256_file_memo(spec.location).encode())
+        h.update(source_sha256(spec.base, memo=memo).encode())
+        h.update(sha256_file_memo(spec.location, memo).encode())
         return h.hexdigest()
     if spec.kind == "dir":
         root = Path(spec.location)
@@ -346,7 +355,7 @@ def source_sha256(spec: SourceSpec, hf=None, info: dict | None = None) -> str:
     for f in sorted(root.rglob("*")):
         if f.is_file() and f.name.endswith(_HASHED_SUFFIXES):
             h.update(str(f.relative_to(root)).encode())
-            h.update(sha256_file_memo(f).encode())
+            h.update(sha256_file_memo(f, memo).encode())
     return h.hexdigest()
 
 
@@ -381,6 +390,7 @@ def load_model(
     device: str = "cpu",
     dtype: str = "float32",
     base: str | None = None,
+    memo: bool = True,
 ) -> LoadedModel:
     """Load one model source as a TransformerBridge on ``device`` in ``dtype``.
 
@@ -395,7 +405,7 @@ def load_model(
     if tok.pad_token_id is None:
         # Padding is always masked; any id works, and EOS is what the paper's code used.
         tok.pad_token = tok.eos_token
-    sha = source_sha256(spec, hf, info)
+    sha = source_sha256(spec, hf, info, memo=memo)
     bridge = TransformerBridge.boot_transformers(
         str(spec), hf_model=hf, tokenizer=tok, device=device, dtype=_torch_dtype(dtype)
     )

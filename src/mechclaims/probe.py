@@ -63,27 +63,37 @@ def load_probe(path: str | Path, d_model: int | None = None) -> Probe:
     suffix = p.suffix.lower()
     meta: dict = {}
     if suffix == ".safetensors":
-        from .cache import load_arrays
+        from safetensors import safe_open
 
-        arrays, meta = load_arrays(p)
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("mechclaims", "{}"))
+                arrays = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is a ProbeError
+            raise ProbeError(f"{p}: not a readable .safetensors file ({type(exc).__name__}: {exc}).") from exc
         obj = arrays.get("direction", next(iter(arrays.values()), None) if len(arrays) == 1 else None)
         if obj is None:
             raise ProbeError(f"{p}: expected a tensor named 'direction' (or a single tensor); "
                              f"found {sorted(arrays)}.")
-        vec = torch.from_numpy(np.array(obj))
+        vec = obj
     elif suffix == ".npy":
         try:
             vec = torch.from_numpy(np.load(p, allow_pickle=False))
         except ValueError as exc:
             raise ProbeError(f"{p}: not a plain numeric .npy array ({exc}).") from exc
     elif suffix in (".pt", ".pth"):
-        from .errors import UnsafeCheckpoint
-        from .loading import load_state_dict  # noqa: F401  (same safety rules)
         import pickle
+
+        from .errors import UnsafeCheckpoint
 
         try:
             obj = torch.load(p, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
+        except (RuntimeError, EOFError, OSError) as exc:
+            if "weights_only" not in str(exc).lower() and "unpickl" not in str(exc).lower():
+                raise ProbeError(f"{p}: not a readable torch file ({type(exc).__name__}: "
+                                 f"{str(exc)[:200]}).") from exc
+            raise UnsafeCheckpoint(f"refused to load probe {str(p)!r}: {str(exc)[:300]}") from exc
+        except (pickle.UnpicklingError, AttributeError, TypeError) as exc:
             raise UnsafeCheckpoint(
                 f"refused to load probe {str(p)!r}: it would need arbitrary code execution to "
                 f"unpickle ({type(exc).__name__}). Save the probe as a plain tensor or .safetensors."

@@ -1,0 +1,172 @@
+"""The claim suite as users run it: ``pytest claims/`` in a subprocess, on real tiny pairs."""
+
+import json
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mechclaims.probe import Probe
+
+REPO = Path(__file__).resolve().parents[1]
+CLAIMS = str(REPO / "claims")
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, gpt2_pair):
+    from tests import tiny
+
+    prompts = list(tiny.PROMPTS)
+    d = tmp_path_factory.mktemp("claims-in")
+    base, cand = gpt2_pair
+    from transformers import AutoConfig
+
+    d_model = AutoConfig.from_pretrained(base).n_embd
+    Probe(torch.randn(d_model, dtype=torch.float64, generator=torch.Generator().manual_seed(5))).save(
+        d / "probe.safetensors")
+    (d / "prompts.txt").write_text("\n".join(prompts * 2) + "\n")
+    return {"base": str(base), "model": str(cand), "probe": str(d / "probe.safetensors"),
+            "prompts": str(d / "prompts.txt")}
+
+
+def run_claims(pytester, inputs, *extra, model=None, base=None, report=None, cache=None):
+    report = report or pytester.path / "out" / "claims.html"
+    args = [CLAIMS, "--base", base or inputs["base"], "--model", model or inputs["model"],
+            "--probe", inputs["probe"], "--prompts", inputs["prompts"], "--max-new-tokens", "6",
+            "--report", str(report), "--bootstrap", "50", "-p", "no:randomly", *extra]
+    if cache:
+        args += ["--cache-dir", str(cache)]
+    return pytester.runpytest_subprocess(*args), Path(report)
+
+
+def _doc(report: Path) -> dict:
+    return json.loads(report.with_suffix(".json").read_text())
+
+
+def test_report_files_and_numbers_agree(pytester, inputs, tmp_path):
+    res, report = run_claims(pytester, inputs, "--junitxml", str(tmp_path / "j.xml"))
+    outcomes = res.parseoutcomes()
+    assert outcomes.get("passed", 0) + outcomes.get("failed", 0) + outcomes.get("skipped", 0) >= 14
+    html = report.read_text()
+    doc = _doc(report)
+    assert doc["schema"] == "mechclaims.claims/1"
+    # every measured value and threshold in the HTML equals the JSON's, claim by claim
+    shown = {(m[0], m[1]): float(m[2]) for m in
+             re.findall(r'class="value" data-claim="([^"]+)" data-check="([^"]+)" data-value="([^"]+)"', html)}
+    want = {(c["id"], k["name"]): k["value"] for c in doc["claims"] for k in c["checks"]}
+    assert shown.keys() == want.keys() and len(shown) >= 20
+    for key, v in want.items():
+        assert shown[key] == pytest.approx(v, rel=1e-12, abs=1e-300), key
+    thresholds = dict(((m[0], m[1]), float(m[2])) for m in
+                      re.findall(r'class="threshold" data-claim="([^"]+)" data-check="([^"]+)" data-value="([^"]+)"', html))
+    assert thresholds == {(c["id"], k["name"]): k["threshold"] for c in doc["claims"] for k in c["checks"]}
+    # statuses in the HTML rows equal the JSON and the pytest outcomes
+    rows = dict(re.findall(r'<tr class="claim" data-id="([^"]+)" data-status="([^"]+)"', html))
+    assert rows == {c["id"]: c["status"] for c in doc["claims"]}
+    assert doc["counts"]["pass"] == outcomes.get("passed", 0)
+    assert doc["counts"]["fail"] == outcomes.get("failed", 0)
+    assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
+    # JUnit: one test case per claim, with the measured values as properties
+    cases = ET.parse(tmp_path / "j.xml").getroot().iter("testcase")
+    names = [c.get("name") for c in cases]
+    assert len(names) == len(doc["claims"]) and any(n.startswith("test_C3_") for n in names)
+
+
+def test_json_attribution_equals_engine_neuron_table(pytester, inputs, tmp_path):
+    _, report = run_claims(pytester, inputs)
+    doc = _doc(report)
+    from mechclaims.cli import main
+
+    out = tmp_path / "n.csv"
+    assert main(["neurons", "--base", inputs["base"], "--model", inputs["model"], "--probe", inputs["probe"],
+                 "--prompts", inputs["prompts"], "--max-new-tokens", "6", "--no-cache", "--out", str(out)]) == 0
+    import csv
+
+    rows = list(csv.DictReader(out.open()))
+    delta = np.array([float(r["delta"]) for r in rows])
+    cos = np.array([float(r["cos"]) for r in rows])
+    act = np.array([float(r["act_base"]) for r in rows])
+    adiff = act - np.array([float(r["act_dpo"]) for r in rows])
+    att = doc["attribution"]
+    assert att["net"] == pytest.approx(delta.sum(), rel=1e-9, abs=1e-12)
+    assert att["gross_reduction"] == pytest.approx(delta[delta > 0].sum(), rel=1e-9)
+    assert att["gross_increase"] == pytest.approx(delta[delta < 0].sum(), rel=1e-9)
+    for g in ("TP↓", "TN↓", "AP↓", "AN↓"):
+        sel = np.array([r["group_b"] == g for r in rows])
+        assert att["group_b"][g]["count"] == int(sel.sum())
+        assert att["group_b"][g]["sum_delta"] == pytest.approx(delta[sel].sum(), rel=1e-9, abs=1e-12)
+    # C3 recomputed from the table: top-128 by cos, act > 0, dampened, over gross reduction
+    top = np.lexsort((np.arange(cos.size), -cos))[:128]
+    sel = top[(act[top] > 0) & (adiff[top] > 0)]
+    c3 = next(c for c in doc["claims"] if c["id"] == "C3")
+    assert c3["checks"][0]["value"] == pytest.approx(delta[sel].sum() / delta[delta > 0].sum(), rel=1e-9)
+
+
+def test_identity_pair_fails_or_skips_reduction_claims(pytester, inputs):
+    res, report = run_claims(pytester, inputs, model=inputs["base"])
+    doc = _doc(report)
+    status = {c["id"]: c for c in doc["claims"]}
+    for cid in ("C3", "C4", "C6", "C7", "C9", "C10", "C11", "C13"):
+        assert status[cid]["status"] == "skip" and status[cid]["reason"], cid
+    for cid in ("C0", "C8", "C12", "C23"):
+        assert status[cid]["status"] == "fail", cid
+    assert status["C19"]["status"] == "pass"  # identical weights: value vectors did not change
+    assert "does not apply" in res.stdout.str()
+
+
+def test_second_run_does_no_model_work(pytester, inputs, tmp_path):
+    cache = tmp_path / "cache"
+    run_claims(pytester, inputs, cache=cache)
+    _, report = run_claims(pytester, inputs, cache=cache)
+    assert _doc(report)["provenance"]["from_cache"] is True
+
+
+def test_threshold_override_and_strict_change_verdicts(pytester, inputs, tmp_path):
+    cache = tmp_path / "cache"
+    _, report = run_claims(pytester, inputs, cache=cache)
+    c19 = next(c for c in _doc(report)["claims"] if c["id"] == "C19")
+    med = c19["checks"][0]["value"]
+    assert c19["status"] == "fail" and med > 1e-3  # the perturbed pair moved its value vectors
+    cfg = tmp_path / "claims.toml"
+    cfg.write_text(f'[thresholds]\n"C19.median_abs_cos_change" = {med * 2}\nC19 = {{ pearson_cos = 0.5 }}\n')
+    res, report = run_claims(pytester, inputs, "--claims-config", str(cfg), cache=cache)
+    c19 = next(c for c in _doc(report)["claims"] if c["id"] == "C19")
+    assert c19["status"] == "pass" and c19["checks"][0]["threshold"] == pytest.approx(med * 2)
+    # --strict: a claim passing at its point estimate but with an interval across the threshold fails
+    doc = _doc(report)
+    unstable_pass = [c for c in doc["claims"] if c["status"] == "pass" and c["unstable"]]
+    strict_res, strict_report = run_claims(pytester, inputs, "--claims-strict", cache=cache)
+    sdoc = {c["id"]: c for c in _doc(strict_report)["claims"]}
+    assert _doc(strict_report)["config"]["strict"] is True
+    for c in unstable_pass:
+        assert sdoc[c["id"]]["status"] == "fail", c["id"]
+    for c in doc["claims"]:  # strict never turns a failure into a pass
+        if c["status"] == "fail":
+            assert sdoc[c["id"]]["status"] == "fail"
+
+
+def test_bad_options_are_clear_errors(pytester, inputs, tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[thresholds]\nC99 = 0.1\n")
+    res, _ = run_claims(pytester, inputs, "--claims-config", str(cfg))
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    assert "unknown claim 'C99'" in res.stderr.str()
+    cfg.write_text("[thresholds]\nC6 = 0.1\n")
+    res, _ = run_claims(pytester, inputs, "--claims-config", str(cfg))
+    assert res.ret == pytest.ExitCode.USAGE_ERROR and "several checks" in res.stderr.str()
+    res, _ = run_claims(pytester, inputs, "--positions", "mine")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR and "positions" in res.stderr.str()
+    res = pytester.runpytest_subprocess(CLAIMS, "--model", inputs["model"])
+    assert res.ret == pytest.ExitCode.USAGE_ERROR and "--base" in res.stderr.str()
+
+
+def test_importing_the_plugin_does_not_import_torch():
+    code = "import sys, mechclaims.plugin; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
