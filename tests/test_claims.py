@@ -170,3 +170,29 @@ def test_importing_the_plugin_does_not_import_torch():
     code = "import sys, mechclaims.plugin; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars"]
+
+
+def test_report_opens_in_headless_chromium(pytester, inputs, tmp_path):
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (bash .ci/run installs Debian's chromium)")
+    _, report = run_claims(pytester, inputs)
+    shot = REPO / "reports" / "test-screenshot.png"
+    shot.unlink(missing_ok=True)
+    proc = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                           "--window-size=1280,1600", f"--screenshot={shot}", report.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000  # a rendered page, not a blank one
+    # the page really rendered the report: dump the DOM and look for the claims table
+    dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile2'}",
+                          "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    assert 'id="claims"' in dom and "data-id=\"C3\"" in dom

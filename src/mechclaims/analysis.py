@@ -19,7 +19,7 @@ from .loading import WEIGHT_PROCESSING, load_model, check_pair, parse_source, so
 from .probe import Probe, load_probe, probe_summary
 from .prompts import prompts_sha256, read_prompts
 from .provenance import now_utc, package_versions
-from .stats import PairStats, StatsSettings, collect_pair, stats_key
+from .stats import MLP_OUT_HOOK, POSITIONS_READ, PairStats, StatsSettings, collect_pair, stats_key
 
 
 @dataclass
@@ -66,9 +66,11 @@ def analyze(base_source: str, model_source: str, probe: str | Path | Probe, prom
 
     stats = wt = None
     gated = None
+    described = None
     b_sha, m_sha = _cheap_sha(base_source, None, cache.enabled), _cheap_sha(model_source, base_source, cache.enabled)
     if cache.enabled and b_sha and m_sha:
         stats, wt, gated = _from_cache(cache, b_sha, m_sha, probe_obj, prompt_list, settings, dtype, device)
+        described = cache.entry(_weights_key(b_sha, m_sha, probe_obj.sha256)).load_meta()
 
     base = model = None
     parity = None
@@ -86,15 +88,17 @@ def analyze(base_source: str, model_source: str, probe: str | Path | Probe, prom
         gated = base.gated
         if cache.enabled:
             _save_weights(cache, base.sha256, model.sha256, probe_obj.sha256, wt, gated)
+            cache.entry(_weights_key(base.sha256, model.sha256, probe_obj.sha256)).save_meta(
+                {"base": base.describe(), "model": model.describe()})
         b_sha, m_sha = base.sha256, model.sha256
 
     attr = attribute(stats, wt)
     prov = {
         "created": now_utc(),
-        "base": base.describe() if base else {"source": str(parse_source(base_source)), "sha256": b_sha,
-                                              "gated_mlp": gated},
-        "model": model.describe() if model else {"source": str(parse_source(model_source, base=base_source)),
-                                                 "sha256": m_sha},
+        "base": base.describe() if base else (described or {}).get("base") or {
+            "source": str(parse_source(base_source)), "sha256": b_sha, "gated_mlp": gated},
+        "model": model.describe() if model else (described or {}).get("model") or {
+            "source": str(parse_source(model_source, base=base_source)), "sha256": m_sha},
         "probe": probe_summary(probe_obj),
         "prompts": {"source": str(prompts) if not isinstance(prompts, list) else "<list>",
                     "n": len(prompt_list), "sha256": prompts_sha256(prompt_list)},
@@ -123,7 +127,8 @@ def _from_cache(cache, b_sha, m_sha, probe, prompts, settings, dtype, device):
     if any(c is None for c in chunks):
         return None, None, None
     stats = PairStats(_stack(chunks, "base_"), _stack(chunks, "model_"), settings, ranges,
-                      {"cache_key": key, "cache_digest": sentry.digest})
+                      {"cache_key": key, "cache_digest": sentry.digest, "mlp_out_hook": MLP_OUT_HOOK,
+                       "positions_read": POSITIONS_READ})
     wt = WeightTerms(**{k: np.asarray(w[k]) for k in WeightTerms.__dataclass_fields__})
     return stats, wt, bool(w["gated_mlp"])
 

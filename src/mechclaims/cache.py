@@ -124,6 +124,18 @@ class CacheEntry:
             return None
         return arrays
 
+    def load_meta(self) -> dict | None:
+        if self.dir is None or not (self.dir / "meta.json").exists():
+            return None
+        try:
+            return json.loads((self.dir / "meta.json").read_text())
+        except ValueError:
+            return None
+
+    def save_meta(self, meta: dict) -> None:
+        if self.dir is not None:
+            atomic_write_text(self.dir / "meta.json", json.dumps(meta, sort_keys=True, default=str))
+
     def save_chunk(self, k: int, arrays: dict[str, np.ndarray]) -> None:
         if self.dir is None:
             return

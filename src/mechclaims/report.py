@@ -50,9 +50,14 @@ def _clean(x):
     return x
 
 
+def _id_key(cid: str):
+    digits = "".join(ch for ch in cid if ch.isdigit())
+    return (int(digits) if digits else 10**9, cid)
+
+
 def build_document(suite) -> dict:
     an = suite.analysis
-    results = [suite.results[c] for c in suite.verified_unique()]
+    results = sorted((suite.results[c] for c in suite.verified_unique()), key=lambda r: _id_key(r.spec.id))
     counts = {s: sum(r.status == s for r in results) for s in STATUS_ORDER}
     st = an.stats
     doc = {

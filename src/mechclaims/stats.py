@@ -38,6 +38,7 @@ from .prompts import TokenBatch, encode_prompts, pad_left, prompts_sha256
 STATS_VERSION = 1
 POSITION_MODES = ("own", "shared")
 MLP_OUT_HOOK = "blocks.{l}.mlp.out.hook_out"  # pre any post-MLP norm (Gemma-2), includes b_out
+POSITIONS_READ = "last prompt position + generated positions 1..T-1 (T per prompt)"
 
 
 @dataclass(frozen=True)
@@ -270,8 +271,7 @@ def collect_pair(base, model, prompts: list[str], probe, settings: StatsSettings
         settings=settings,
         chunks=ranges,
         provenance={"cache_key": entry.key, "cache_digest": entry.digest,
-                    "mlp_out_hook": MLP_OUT_HOOK, "positions_read":
-                    "last prompt position + generated positions 1..T-1 (T per prompt)"},
+                    "mlp_out_hook": MLP_OUT_HOOK, "positions_read": POSITIONS_READ},
     )
 
 
