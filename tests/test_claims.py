@@ -63,8 +63,8 @@ def test_report_files_and_numbers_agree(pytester, inputs, tmp_path):
     assert shown.keys() == want.keys() and len(shown) >= 20
     for key, v in want.items():
         assert shown[key] == pytest.approx(v, rel=1e-12, abs=1e-300), key
-    thresholds = dict(((m[0], m[1]), float(m[2])) for m in
-                      re.findall(r'class="threshold" data-claim="([^"]+)" data-check="([^"]+)" data-value="([^"]+)"', html))
+    pattern = r'class="threshold" data-claim="([^"]+)" data-check="([^"]+)" data-value="([^"]+)"'
+    thresholds = {(m[0], m[1]): float(m[2]) for m in re.findall(pattern, html)}
     assert thresholds == {(c["id"], k["name"]): k["threshold"] for c in doc["claims"] for k in c["checks"]}
     # statuses in the HTML rows equal the JSON and the pytest outcomes
     rows = dict(re.findall(r'<tr class="claim" data-id="([^"]+)" data-status="([^"]+)"', html))

@@ -70,7 +70,7 @@ def make_model(arch: str, vocab: int, seed: int, **over):
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config_for(arch, vocab, **over))
     with torch.no_grad():  # HF init is tiny for some archs; widen so activations are varied
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.ndim == 2:
                 p.normal_(0.0, 0.15)
     return model.eval()

@@ -155,7 +155,9 @@ def parse_source(source: str, *, base: str | None = None) -> SourceSpec:
                 "model directory written by save_pretrained()."
             )
         return SourceSpec("dir", str(path.resolve()))
-    if source.startswith((".", "/", "~")) or os.sep + os.sep in source or source.count("/") > 1 or path.suffix.lower() in _HASHED_SUFFIXES:
+    looks_local = (source.startswith((".", "/", "~")) or os.sep + os.sep in source
+                   or source.count("/") > 1 or path.suffix.lower() in _HASHED_SUFFIXES)
+    if looks_local:
         raise ModelSourceError(
             f"model path {source!r} does not exist (looked at {path.resolve()}). Expected a "
             "local HF directory, a hub id such as gpt2-medium, BASE::WEIGHTS, or organism:NAME."

@@ -161,6 +161,12 @@ def pooled_features(model, texts: list[str], *, batch_size: int = 32, max_length
     seqs = encode_prompts(tok, texts, max_prompt_tokens=max_length,
                           prepend_bos=bool(bridge.cfg.default_prepend_bos))
     feats = []
+    store = {}
+
+    def grab(act, hook):
+        store["x"] = act
+        return act
+
     for i in range(0, len(seqs), batch_size):
         chunk = seqs[i:i + batch_size]
         width = max(map(len, chunk))
@@ -170,12 +176,6 @@ def pooled_features(model, texts: list[str], *, batch_size: int = 32, max_length
             toks[j, :len(s)] = torch.tensor(s)
             mask[j, :len(s)] = 1
         toks, mask = toks.to(model.device), mask.to(model.device)
-        store = {}
-
-        def grab(act, hook):
-            store["x"] = act
-            return act
-
         with torch.no_grad(), bridge.hooks(fwd_hooks=[(FEATURE_HOOK, grab)]):
             bridge(toks, attention_mask=mask, return_type=None)
         x = store["x"].to(torch.float64)

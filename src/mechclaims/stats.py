@@ -238,7 +238,6 @@ def collect_pair(base, model, prompts: list[str], probe, settings: StatsSettings
     ``cache``: a ``mechclaims.cache.ResultCache``; chunks already on disk are loaded, not
     recomputed. ``progress``: show a tqdm bar (None = only on a terminal).
     """
-    import torch
     from tqdm.auto import tqdm
 
     from .cache import ResultCache
@@ -264,7 +263,6 @@ def collect_pair(base, model, prompts: list[str], probe, settings: StatsSettings
             entry.save_chunk(k, arrays)
         results.append(arrays)
     bar.close()
-    del torch
     return PairStats(
         base=_stack(results, "base_"),
         model=_stack(results, "model_"),
