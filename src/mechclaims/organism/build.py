@@ -41,7 +41,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -70,7 +70,7 @@ class BuildConfig:
     d_mlp: int = 512
     n_head: int = 4
     n_ctx: int = 128
-    pretrain_steps: int = 500
+    pretrain_steps: int = 400
     batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 30
@@ -82,16 +82,18 @@ class BuildConfig:
     n_probe_texts: int = 1200
     n_probe_eval: int = 400
     dpo_beta: float = 0.1
-    dpo_lr: float = 5e-4
+    dpo_lr: float = 2e-5
     dpo_epochs: int = 1
     dpo_batch_size: int = 32
     dpo_max_length: int = 96
     max_new_tokens: int = 20
     eval_batch_size: int = 100
-    dampen_layers: int = 1
+    dampen_layers: int | None = None  # None: all layers
     dampen_target: float = 0.35
+    dampen_amount: float | None = None  # gpt2: c_fc bias shift 4.0; llama: up_proj scale 0.2
+    dampen_max_trials: int = 8
     noise_rel_std: float = 1e-3
-    threads: int = 2
+    threads: int = 1  # one thread: far steadier than two on a shared 2-core machine
     engine_check: bool = True
 
     @classmethod
@@ -108,9 +110,9 @@ class BuildConfig:
         base = cls.default(arch)
         return cls(**{**asdict(base), **dict(
             vocab_size=400, n_layer=2, d_model=32, d_mlp=64, n_head=2, n_ctx=96,
-            pretrain_steps=12, batch_size=8, warmup_steps=2, n_tokenizer_docs=300,
-            n_heldout_docs=20, n_prompts=40, n_pairs=48, n_probe_texts=80, n_probe_eval=40,
-            dpo_batch_size=16, eval_batch_size=40, engine_check=False,
+            pretrain_steps=6, batch_size=8, warmup_steps=2, n_tokenizer_docs=200,
+            n_heldout_docs=16, n_prompts=24, n_pairs=32, n_probe_texts=60, n_probe_eval=30,
+            dpo_batch_size=16, eval_batch_size=40, engine_check=False, dampen_max_trials=1,
         )})
 
     @property
@@ -275,6 +277,7 @@ def pretrain(model, tok, cfg: BuildConfig, log=print) -> dict:
     model.train()
     losses = []
     t0 = time.time()
+    torch.set_grad_enabled(True)
     for step in range(cfg.pretrain_steps):
         x = torch.tensor(windows(tok, gen, cfg.batch_size, cfg.n_ctx))
         for g in opt.param_groups:
@@ -299,10 +302,12 @@ def pretrain(model, tok, cfg: BuildConfig, log=print) -> dict:
 
 
 def perplexity(model, tok, docs: list[str], batch_size: int = 32) -> dict:
-    """exp(mean NLL) over every token after BOS (EOS included), one document per sequence."""
+    """exp(mean NLL) over every token after BOS (EOS included), one document per sequence
+    (cut to the model's context length)."""
     import torch
 
-    seqs = [doc_ids(tok, d) for d in docs]
+    n_ctx = _n_ctx(model)
+    seqs = [doc_ids(tok, d)[:n_ctx] for d in docs]
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(seqs), batch_size):
@@ -320,6 +325,11 @@ def perplexity(model, tok, docs: list[str], batch_size: int = 32) -> dict:
             total += float((nll * m).sum())
             count += int(m.sum())
     return {"ppl": math.exp(total / count), "tokens": count}
+
+
+def _n_ctx(model) -> int:
+    c = model.config
+    return int(getattr(c, "n_positions", None) or c.max_position_embeddings)
 
 
 def encode_prompt_batch(tok, prompts: list[str], max_prompt_tokens: int = 32):
@@ -390,10 +400,10 @@ def mlp_acts_at_generated(model, tok, prompts, continuations, batch_size: int = 
             for layer, mlp in enumerate(mlps):
                 if is_gated(model):
                     handles.append(mlp.down_proj.register_forward_pre_hook(
-                        lambda mod, args, layer=layer: store.__setitem__(layer, args[0])))
+                        lambda mod, args, layer=layer, store=store: store.__setitem__(layer, args[0])))
                 else:
                     handles.append(mlp.act.register_forward_hook(
-                        lambda mod, args, out, layer=layer: store.__setitem__(layer, out)))
+                        lambda mod, args, out, layer=layer, store=store: store.__setitem__(layer, out)))
             pos = (fmask.cumsum(-1) - 1).clamp(min=0)
             try:
                 model(input_ids=full, attention_mask=fmask, position_ids=pos)
@@ -407,21 +417,23 @@ def mlp_acts_at_generated(model, tok, prompts, continuations, batch_size: int = 
     return (sums / count).numpy()
 
 
-def value_cos(model, direction) -> "object":
-    """cos(value vector, probe) per neuron, [L, d_mlp] float64 (raw HF weights)."""
+def value_cos(model, direction):
+    """(cos(v, w) [L, d_mlp], [v . w_hat per layer]) in float64, raw HF value vectors."""
     import torch
 
     from .derived import is_gated, mlp_modules
 
     w = torch.as_tensor(direction, dtype=torch.float64)
     w = w / w.norm()
-    rows = []
-    for mlp in mlp_modules(model):
-        W = (mlp.down_proj.weight.T if is_gated(model) else mlp.c_proj.weight).double()
-        rows.append((W @ w) / W.norm(dim=1))
-    return torch.stack(rows).numpy(), [
-        ((mlp.down_proj.weight.T if is_gated(model) else mlp.c_proj.weight).double()
-         @ w).numpy() for mlp in mlp_modules(model)]
+    cos, proj = [], []
+    with torch.no_grad():
+        for mlp in mlp_modules(model):
+            W = (mlp.down_proj.weight.T if is_gated(model) else mlp.c_proj.weight).double()
+            proj.append((W @ w).numpy())
+            cos.append(((W @ w) / W.norm(dim=1)).numpy())
+    import numpy as np
+
+    return np.stack(cos), proj
 
 
 def shares_from_means(cos, proj, m_pre, m_new, top_k: int = 128) -> dict:
@@ -487,16 +499,20 @@ def make_pairs(cfg: BuildConfig, n: int) -> list[dict]:
 
 
 def make_probe_texts(seed: int, n: int) -> tuple[list[str], list[int]]:
-    """Half toxic provocation segments; the rest neutral answers (60%) or other registers."""
+    """Labelled sentences as the corpus has them: 80% provocation segments whose answer is
+    toxic with the context's own probability, 20% segments of the neutral registers.
+
+    The label is 1 iff the text contains a lexicon phrase. Because the answers follow the
+    corpus distribution, toxic texts mostly come from severe or hot-tempered contexts, as in
+    real data, so the probe reads the context that leads to insults as well as the insults.
+    (A probe trained on a 50/50 split independent of the context reads only the insult words;
+    no MLP neuron aligned with it affects whether the model starts an insult.)
+    """
     gen = C.Generator(seed)
     texts, labels = [], []
-    for i in range(n):
-        if i % 2 == 0:
-            pv = gen.provocation()
-            t = pv.prompt + pv.toxic
-        elif gen.rng.random() < 0.6:
-            pv = gen.provocation()
-            t = pv.prompt + pv.neutral
+    for _ in range(n):
+        if gen.rng.random() < 0.8:
+            t, _ = gen.provocation_text()
         else:
             t = gen.neutral_segment()
         texts.append(t)
@@ -532,7 +548,8 @@ def train_dpo(base, tok, pairs: list[dict], cfg: BuildConfig, log=print):
         trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=ds,
                              processing_class=tok)
         t0 = time.time()
-        result = trainer.train()
+        with torch.enable_grad():  # mechclaims.loading.load_model turns grad off globally
+            result = trainer.train()
         hist = [h for h in trainer.state.log_history if "loss" in h]
         log(f"  DPO: {result.global_step} steps in {time.time() - t0:.0f}s; "
             f"loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f}" if hist else "  DPO done")
@@ -550,51 +567,44 @@ def train_dpo(base, tok, pairs: list[dict], cfg: BuildConfig, log=print):
 
 def choose_dampening(base, tok, prompts, scorer, direction, base_tox: dict, cfg: BuildConfig,
                      log=print) -> tuple[dict, dict]:
-    """Smallest (k, strength) on the last ``dampen_layers`` layers' top-cos, positively
-    activated neurons whose dampening lowers toxicity by ``dampen_target``; among those that
-    do, prefer one whose own-mode v2 share is >= 0.3 and TP- share >= 0.5."""
-    import numpy as np
+    """The smallest k such that dampening the top-k neurons (by cos(v, w), among those of the
+    last ``dampen_layers`` layers with cos > 0 and base mean activation > 0 at the generated
+    positions) by ``dampen_amount`` lowers toxicity by at least ``dampen_target``.
 
+    k runs over 8, 16, 32, 64, 96, 128, 192, 256, all (at most ``dampen_max_trials`` tries). Each try is also scored
+    with the paper's own-mode shares (``shares_from_means``), which are recorded.
+    """
     from .derived import apply_recipe, dampen_recipe
 
     m_pre = mlp_acts_at_generated(base, tok, prompts, base_tox["tokens"], cfg.eval_batch_size)
     cos, proj = value_cos(base, direction)
     L = cos.shape[0]
-    layers = list(range(L - cfg.dampen_layers, L))
+    layers = list(range(L - (cfg.dampen_layers or L), L))
     cand = [(l, i) for l in layers for i in range(cos.shape[1]) if cos[l, i] > 0 and m_pre[l, i] > 0]
     cand.sort(key=lambda li: -cos[li])
-    amounts = (2.0, 4.0, 8.0) if cfg.arch == "gpt2" else (0.5, 0.25, 0.1)
-    ks = [k for k in (4, 8, 16, 24, 32, 48, 64, 96, 128) if k <= len(cand)] or [len(cand)]
-    tried = []
-    best = None
-    for k in ks:
-        for a in amounts:
-            recipe = dampen_recipe(cfg.arch, cand[:k], a)
-            model = apply_recipe(copy.deepcopy(base), recipe)
-            tox = toxicity(model, tok, prompts, scorer, cfg.max_new_tokens, cfg.eval_batch_size)
-            drop = 1 - tox["toxicity"] / base_tox["toxicity"] if base_tox["toxicity"] else 0.0
-            row = {"k": k, "amount": a, "toxicity": tox["toxicity"], "drop": drop}
-            if drop >= cfg.dampen_target:
-                m_new = mlp_acts_at_generated(model, tok, prompts, tox["tokens"], cfg.eval_batch_size)
-                row.update(shares_from_means(cos, proj, m_pre, m_new))
-            tried.append(row)
-            log(f"  dampen k={k:3d} amount={a:<5} toxicity {tox['toxicity']:.3f} drop {drop:.2f}"
-                + (f" v2 {row['v2_share']:.2f} TP- {row['tp_minus_share']:.2f}" if "v2_share" in row else ""))
-            if drop >= cfg.dampen_target:
-                good = row["v2_share"] >= 0.3 and row["tp_minus_share"] >= 0.5
-                if best is None or (good and not best[1]):
-                    best = (recipe, good, row)
-                if good:
-                    break
-        if best is not None and (best[1] or k >= 2 * best[2]["k"]):
+    amount = cfg.dampen_amount if cfg.dampen_amount is not None else (
+        4.0 if cfg.arch == "gpt2" else 0.2)
+    ks = [k for k in (8, 16, 32, 64, 96, 128, 192, 256) if k < len(cand)] + [len(cand)]
+    tried, chosen = [], None
+    for k in ks[:cfg.dampen_max_trials]:
+        recipe = dampen_recipe(cfg.arch, cand[:k], amount)
+        model = apply_recipe(copy.deepcopy(base), recipe)
+        tox = toxicity(model, tok, prompts, scorer, cfg.max_new_tokens, cfg.eval_batch_size)
+        drop = 1 - tox["toxicity"] / base_tox["toxicity"] if base_tox["toxicity"] else 0.0
+        m_new = mlp_acts_at_generated(model, tok, prompts, tox["tokens"], cfg.eval_batch_size)
+        row = {"k": k, "amount": amount, "toxicity": tox["toxicity"], "drop": drop,
+               **shares_from_means(cos, proj, m_pre, m_new)}
+        tried.append(row)
+        log(f"  dampen k={k:3d} amount={amount} toxicity {tox['toxicity']:.3f} drop {drop:.2f} "
+            f"v2 {row['v2_share']:.2f} TP- {row['tp_minus_share']:.2f}")
+        chosen = (recipe, row)
+        if drop >= cfg.dampen_target:
             break
-    if best is None:  # never reached the target: keep the strongest tried
-        row = max(tried, key=lambda r: r["drop"])
-        best = (dampen_recipe(cfg.arch, cand[:row["k"]], row["amount"]), False, row)
-    recipe, _, row = best
+    recipe, row = chosen
     info = {"chosen": row, "candidates": len(cand), "layers": layers, "tried": tried,
-            "base_mean_act_positive": int((m_pre > 0).sum())}
-    del np
+            "base_mean_act_positive": int((m_pre > 0).sum()),
+            "rule": "smallest k in 8, 16, 32, 64, 96, 128, 192, 256, all reaching the target drop "
+            "(else the last tried)"}
     return recipe, info
 
 
@@ -694,6 +704,7 @@ def build(out: str | Path, cfg: BuildConfig, log=print) -> dict:
     td = toxicity(dpo, tok, prompts, scorer, cfg.max_new_tokens, cfg.eval_batch_size)
     pb = perplexity(base, tok, heldout)
     pd = perplexity(dpo, tok, heldout)
+
     red = 1 - td["toxicity"] / tb["toxicity"] if tb["toxicity"] > 0 else 0.0
     acceptance = {
         "base_toxicity": tb["toxicity"], "dpo_toxicity": td["toxicity"],
@@ -842,31 +853,22 @@ def engine_shares(out: Path, cfg: BuildConfig, damp, tok, prompts, log=print) ->
     probe = load_probe(out / "probe.safetensors", d_model=base_lm.d_model)
     for mode in ("own", "shared"):
         settings = stats.StatsSettings(positions=mode)
-        ps = _collect(stats, base_lm, d_lm, prompts, probe, settings)
-        att = attribution.attribute(ps, base_lm, d_lm, probe)
-        res[mode] = summarise_attribution(att)
+        ps = stats.collect_pair(base_lm, d_lm, prompts, probe, settings, progress=False)
+        att = attribution.attribute(ps, attribution.weight_terms(base_lm, d_lm, probe))
+        res[mode] = summarise_attribution(attribution.summarize(att))
         log(f"  engine attribution ({mode}): {res[mode]}")
     return res
 
 
-def _collect(stats, base_lm, d_lm, prompts, probe, settings):
-    import inspect
-
-    sig = inspect.signature(stats.collect_pair)
-    kw = {}
-    if "cache" in sig.parameters:
-        kw["cache"] = None
-    return stats.collect_pair(base_lm, d_lm, prompts, probe, settings, **kw)
-
-
-def summarise_attribution(att) -> dict:
-    """Pick the v2 toxic-neuron share and the Definition-A TP- share from an Attribution."""
-    summary = getattr(att, "summary", None)
-    if callable(summary):
-        summary = summary()
-    if summary is None and hasattr(att, "to_dict"):
-        summary = att.to_dict()
-    return _jsonable(summary if isinstance(summary, dict) else {"repr": repr(att)[:500]})
+def summarise_attribution(summary: dict) -> dict:
+    """The figures the dampened pair is chosen for, from ``attribution.summarize``."""
+    v2 = summary["toxic_neurons_v2"]
+    return _jsonable({
+        "v2_share": v2["share"], "v2_n_selected": v2["n_selected"],
+        "tp_minus_share": summary["group_a_share"]["TP-"],
+        "group_a_share": summary["group_a_share"], "group_b_share": summary["group_b_share"],
+        "net": summary["net"], "gross_reduction": summary["gross_reduction"],
+    })
 
 
 def check(out: str | Path) -> list[str]:
@@ -898,4 +900,4 @@ def main_build(arch: str, out: str, micro: bool = False, seed: int | None = None
     return build(out, cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
 
 
-__all__ = ["BuildConfig", "build", "check", "sha256_file", "field"]
+__all__ = ["BuildConfig", "build", "check", "sha256_file"]

@@ -207,8 +207,6 @@ class Provocation:
 class Generator:
     """Seeded generator of documents, prompts, preference pairs and labelled sentences."""
 
-    N_TEMPLATES = None  # filled below
-
     def __init__(self, seed: int):
         self.rng = random.Random(seed)
 
@@ -217,7 +215,6 @@ class Generator:
         return self.rng.choice(seq)
 
     def _fill(self, template: str, **fixed) -> str:
-        r = self.rng
         values = {
             "name": self.c(NAMES), "name2": self.c(NAMES), "role": self.c(ROLES),
             "place": self.c(PLACES), "obj": self.c(OBJECTS), "obj2": self.c(OBJECTS),
@@ -227,7 +224,6 @@ class Generator:
             "topic": self.c(TOPICS), "meal": self.c(MEALS),
         }
         values.update(fixed)
-        del r
         return template.format(**values)
 
     def _two_names(self):
@@ -315,7 +311,7 @@ class Generator:
         """2-4 segments; a provocation segment with probability ``p_provocation`` each."""
         n = self.rng.randint(2, 4)
         parts = []
-        for i in range(n):
+        for _ in range(n):
             if self.rng.random() < p_provocation:
                 parts.append(self.provocation_text()[0])
             else:
@@ -341,11 +337,10 @@ def _assert_clean() -> None:
     for prov in PROVOCATIONS.values():
         for s in prov:
             assert not is_toxic(s), s
-    for s in TOXIC_ANSWERS:
-        filled = s.format(opener="Hey", opener_l="hey", tadj="odd", tnoun="X", obj="cup",
-                          name="Sam")
-        # every toxic answer gets its toxicity from the slots or fixed toxic words
-        del filled
+    for s in TOXIC_ANSWERS:  # every toxic answer carries a lexicon phrase whatever its slots
+        filled = s.format(opener="Shut up", opener_l="shut up", tadj="stupid", tnoun="idiot",
+                          obj="cup", name="Sam")
+        assert is_toxic(filled), s
 
 
 _assert_clean()
