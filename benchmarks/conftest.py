@@ -88,8 +88,10 @@ class Shape:
 
 
 GPT2_SMALL = Shape("gpt2-small-124M", {})  # GPT2Config defaults: 12 x 768, d_mlp 3072, vocab 50257
+# initializer_range 0.05: at 0.02 the 2-layer model greedily repeats one token forever, which
+# would make the token-equality check trivial. (GPT-2 small at 0.02 already varies.)
 TINY = Shape("tiny-2x128", {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 256,
-                            "vocab_size": 2048})
+                            "vocab_size": 2048, "initializer_range": 0.05})
 
 
 def build_pair(root: Path, shape: Shape, tok, *, eps: float = 0.05) -> tuple[str, str]:
@@ -154,6 +156,12 @@ def _make_bench(tmp_path_factory, shape: Shape, tok) -> Bench:
     base, model = load_pair(*dirs)
     hf_base = AutoModelForCausalLM.from_pretrained(dirs[0], dtype=torch.float32).eval()
     hf_model = AutoModelForCausalLM.from_pretrained(dirs[1], dtype=torch.float32).eval()
+    for hf in (hf_base, hf_model):
+        # mechclaims generates exactly T tokens and treats EOS as any other token. generate()'s
+        # min_new_tokens would instead set the EOS logit to -inf, so a model that emits EOS
+        # (the 2x128 one does, on 3 of 64 prompts) would continue differently. With no EOS id,
+        # generate neither stops nor suppresses: the same semantics.
+        hf.generation_config.eos_token_id = None
     return Bench(shape, dirs, base, model, hf_base, hf_model, base.tokenizer)
 
 

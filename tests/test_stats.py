@@ -114,7 +114,7 @@ def test_cached_generation_equals_uncached(tiny_pairs, prompts, arch):
         assert torch.equal(kv, no_kv)
     # our batched, left-padded KV loop equals plain HF generate on each prompt alone
     seqs = encode_prompts(m.tokenizer, prompts, max_prompt_tokens=32)
-    ours = greedy_generate(m.bridge, pad_left(seqs, m.tokenizer.pad_token_id), 8)
+    ours = greedy_generate(m, pad_left(seqs, m.tokenizer.pad_token_id), 8)
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(tiny_pairs[arch][0]).eval()
@@ -133,19 +133,28 @@ def _exactness(base, model, prompt_list, positions):
     for side, proj, bw in (("base", at.proj_base, wt.bw_base), ("model", at.proj_dpo, wt.bw_dpo)):
         direct = getattr(s, side).mean_mlp_out_proj()
         recon = proj.sum(1) + bw
-        scale = np.maximum(np.abs(direct), 1e-3)
-        assert np.all(np.abs(recon - direct) / scale < 1e-6), (side, recon, direct)
+        if base.dtype == "float64":
+            scale = np.abs(direct)
+            tol = 1e-9
+        else:
+            # The model computes W_out's product in float32; when the terms cancel, the net can
+            # be arbitrarily small, so the error is measured against the terms' total size.
+            scale = np.abs(proj).sum(1) + np.abs(bw)
+            tol = 1e-6
+        rel = np.abs(recon - direct) / np.maximum(scale, 1e-12)
+        assert np.all(rel < tol), (side, base.dtype, rel, recon, direct)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**16), picks=st.lists(st.integers(0, len(tiny.PROMPTS) - 1), min_size=1, max_size=6),
-       positions=st.sampled_from(["own", "shared"]))
-def test_exactness_neuron_sum_plus_bias_equals_mlp_out(tokenizer_dir, arch, seed, picks, positions):
-    """sum_i m_i (v_i . w_hat) + b_out . w_hat == mean (MLP output . w_hat), per layer."""
+       positions=st.sampled_from(["own", "shared"]), dtype=st.sampled_from(["float32", "float64"]))
+def test_exactness_neuron_sum_plus_bias_equals_mlp_out(tokenizer_dir, arch, seed, picks, positions, dtype):
+    """sum_i m_i (v_i . w_hat) + b_out . w_hat == mean (MLP output . w_hat), per layer: to 1e-9
+    relative with float64 models, to 1e-6 of the terms' size with float32 models."""
     with tempfile.TemporaryDirectory() as d:
         b, c = tiny.make_pair(Path(d), arch, tokenizer_dir, seed=seed)
-        base, model = load_pair(str(b), str(c))
+        base, model = load_pair(str(b), str(c), dtype=dtype)
         _exactness(base, model, [tiny.PROMPTS[i] for i in picks], positions)
 
 
@@ -168,30 +177,32 @@ def test_cache_resumes_an_interrupted_run(gpt2_pair, prompts, tmp_path, monkeypa
     base, model = load_pair(*map(str, gpt2_pair))
     probe = _probe(base.d_model)
     cache = ResultCache(tmp_path / "c")
-    cfg = StatsSettings(max_new_tokens=3, batch_size=4, max_chunks=4)
-    real = stats_mod._run_chunk
-    calls = []
+    cfg = StatsSettings(max_new_tokens=3, batch_size=4, max_chunks=4)  # 12 prompts: chunks of 3
+    real = stats_mod.greedy_generate
+    seen = []
 
-    def flaky(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
+    def flaky(m, batch, *a, **k):
+        seen.append(len(batch.tokens))
+        if len(seen) == 5:  # the third batch's first generation: chunks 0 and 1 are complete
             raise KeyboardInterrupt("simulated interruption")
-        return real(*a, **k)
+        return real(m, batch, *a, **k)
 
-    monkeypatch.setattr(stats_mod, "_run_chunk", flaky)
+    monkeypatch.setattr(stats_mod, "greedy_generate", flaky)
     with pytest.raises(KeyboardInterrupt):
         collect_pair(base, model, prompts, probe, cfg, cache=cache)
     assert len(list((tmp_path / "c").rglob("chunk-*.safetensors"))) == 2
     assert not list((tmp_path / "c").rglob("*.tmp"))  # no half-written file left behind
-    calls.clear()
-    monkeypatch.setattr(stats_mod, "_run_chunk", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    seen.clear()
+    monkeypatch.setattr(stats_mod, "greedy_generate", lambda m, b, *a, **k: (seen.append(len(b.tokens)),
+                                                                              real(m, b, *a, **k))[1])
     resumed = collect_pair(base, model, prompts, probe, cfg, cache=cache)
-    assert len(calls) == 2  # only the two missing chunks were computed
+    assert sum(seen) == 2 * 6  # only the 6 prompts of the two missing chunks, for both models
     fresh = collect_pair(base, model, prompts, probe, cfg)
-    np.testing.assert_array_equal(resumed.base.act_sum, fresh.base.act_sum)
-    calls.clear()
+    # batches are composed differently after a resume: equal up to float32 padding noise
+    np.testing.assert_allclose(resumed.base.act_sum, fresh.base.act_sum, rtol=1e-5, atol=1e-5)
+    seen.clear()
     collect_pair(base, model, prompts, probe, cfg, cache=cache)
-    assert calls == []  # a full rerun does no model work
+    assert seen == []  # a full rerun does no model work
 
 
 def test_nan_activations_are_an_error(tokenizer_dir, tmp_path, prompts):
@@ -214,3 +225,13 @@ def test_bad_settings_are_clear_errors():
         StatsSettings(positions="mine")
     with pytest.raises(MechclaimsError, match="max_new_tokens must be >= 1"):
         StatsSettings(max_new_tokens=0)
+
+
+@pytest.mark.parametrize("positions", ["own", "shared"])
+def test_equal_weights_give_bitwise_equal_statistics(gpt2_pair, prompts, positions):
+    """Both modes run both models through the same cached steps, so a model compared with
+    itself shows exactly zero change (no float noise masquerading as tiny shifts)."""
+    base, same = load_pair(str(gpt2_pair[0]), str(gpt2_pair[0]))
+    s = collect_pair(base, same, prompts, _probe(base.d_model), StatsSettings(positions=positions, max_new_tokens=5))
+    np.testing.assert_array_equal(s.base.act_sum, s.model.act_sum)
+    np.testing.assert_array_equal(s.base.mlp_out_proj_sum, s.model.mlp_out_proj_sum)

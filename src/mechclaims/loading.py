@@ -18,6 +18,7 @@ so the value vectors are exactly the checkpoint's ``c_proj`` / ``down_proj`` row
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -47,6 +48,10 @@ class LoadedModel:
     dtype: str
     architecture: str
     info: dict = field(default_factory=dict)
+    # Per layer: (decoder block, MLP output projection c_proj/down_proj) of ``hf_model``, the
+    # plain HF module that shares its weights with the bridge. The projection's input is
+    # hook_post, its output mlp.out.hook_out; the block's output is hook_resid_post.
+    stat_modules: list = field(default_factory=list, repr=False)
 
     @property
     def cfg(self):
@@ -408,10 +413,21 @@ def load_model(
         # Padding is always masked; any id works, and EOS is what the paper's code used.
         tok.pad_token = tok.eos_token
     sha = source_sha256(spec, hf, info, memo=memo)
+    hf.to(device)
+    # The bridge rewires the module tree it is given in place (its components replace the HF
+    # blocks, attention becomes eager). Give it a structural copy that *shares* every parameter
+    # and buffer, so one set of weights serves two views: the bridge (TransformerLens names,
+    # W_out, hooks) and the plain HF module, on which the statistics pass runs at plain
+    # transformers speed with PyTorch hooks on exactly the tensors that the bridge's
+    # blocks.{l}.mlp.hook_post, mlp.out.hook_out and hook_resid_post see.
+    shared = {id(t): t for t in list(hf.parameters()) + list(hf.buffers())}
+    wrapped = copy.deepcopy(hf, memo=shared)
+    names = {id(mod): name for name, mod in wrapped.named_modules()}
     bridge = TransformerBridge.boot_transformers(
-        str(spec), hf_model=hf, tokenizer=tok, device=device, dtype=_torch_dtype(dtype)
+        str(spec), hf_model=wrapped, tokenizer=tok, device=device, dtype=_torch_dtype(dtype)
     )
     bridge.eval()
+    stat_modules = _plain_stat_modules(bridge, hf, names)
     arch = (getattr(hf.config, "architectures", None) or [type(hf).__name__])[0]
     return LoadedModel(
         source=str(spec),
@@ -423,7 +439,26 @@ def load_model(
         dtype=dtype,
         architecture=arch,
         info=info,
+        stat_modules=stat_modules,
     )
+
+
+def _plain_stat_modules(bridge, plain, names: dict[int, str]) -> list[tuple[Any, Any]]:
+    """(block, MLP output projection) of the plain HF model for each layer, found through the
+    bridge's own mapping (its components keep the wrapped originals), so it works for every
+    architecture TransformerLens supports without a table of module names here."""
+    out = []
+    for layer, block in enumerate(bridge.blocks):
+        try:
+            block_name = names[id(block._original_component)]
+            proj_name = names[id(block.mlp.out._original_component)]
+        except (AttributeError, KeyError) as exc:
+            raise ModelSourceError(
+                f"cannot locate layer {layer}'s block and MLP output projection in "
+                f"{type(plain).__name__}; this architecture's bridge adapter is not supported."
+            ) from exc
+        out.append((plain.get_submodule(block_name), plain.get_submodule(proj_name)))
+    return out
 
 
 def check_pair(base: LoadedModel, model: LoadedModel) -> None:

@@ -3,26 +3,34 @@
 For each prompt the model generates ``max_new_tokens`` (T, default 20) tokens greedily and
 never stops early. The statistics are read at the positions whose outputs produce the
 generated tokens: the last prompt position and every generated position but the last (T
-positions for T tokens; the paper's GPT-2 path, 1(b)). Hooks on ``blocks.{l}.mlp.hook_post``
-add, in float64, each neuron's activation at those positions while the generation runs, so
-no second forward over the sequence is needed. Left padding means the positions read are
-never pads.
+positions for T tokens; the paper's GPT-2 path, 1(b)). Hooks add, in float64, each neuron's
+``blocks.{l}.mlp.hook_post`` activation at those positions while the generation runs, so no
+second forward over the sequence is needed. Left padding means the positions read are never
+pads.
+
+Where the hooks sit: a LoadedModel carries its bridge and the plain HF module that shares the
+bridge's weights (see ``loading``). The pass runs on the plain module, with PyTorch hooks on
+the very tensors the bridge's hook points expose (the input of the MLP output projection is
+``hook_post``, its output ``mlp.out.hook_out``, the block's output ``hook_resid_post``), and
+unembeds only the last position. The bridge's own forward re-implements attention and costs
+several times plain transformers on a CPU; the tests check both paths give the same numbers.
 
 Two position modes (paper A3):
 
 ``own``     each model on its own greedy continuation (Yang et al.; the paper's numbers).
 ``shared``  both models on one token sequence, the candidate (DPO) model's greedy
-            continuation; the base reads it in one teacher-forced forward (Lee et al.).
+            continuation, which the base reads in the same KV-cached steps (Lee et al.).
             It removes the confound that the two models saw different tokens.
 
 Besides the per-neuron sums, each layer's mean projection onto the probe of the MLP output
-(``blocks.{l}.mlp.out.hook_out`` = ``hook_post @ W_out + b_out``) and of the residual stream
-after the block (``blocks.{l}.hook_resid_post``) is accumulated at the same positions.
+(``hook_post @ W_out + b_out``) and of the residual stream after the block is accumulated at
+the same positions.
 
 Prompts are cut into K contiguous chunks (K = min(32, n_prompts) by default) and every sum
 is kept per chunk: memory is O(K * n_neurons), independent of the number of prompts, the
 chunks are the resampling units of the bootstrap, and each finished chunk is cached on disk
-so that an interrupted run resumes where it stopped.
+so that an interrupted run resumes where it stopped. Batches span chunk boundaries (each row
+adds into its own chunk), so chunking never shrinks the batch.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import numpy as np
 from .errors import MechclaimsError, NumericalError
 from .prompts import TokenBatch, encode_prompts, pad_left, prompts_sha256
 
-STATS_VERSION = 1
+STATS_VERSION = 2
 POSITION_MODES = ("own", "shared")
 MLP_OUT_HOOK = "blocks.{l}.mlp.out.hook_out"  # pre any post-MLP norm (Gemma-2), includes b_out
 POSITIONS_READ = "last prompt position + generated positions 1..T-1 (T per prompt)"
@@ -110,101 +118,107 @@ class PairStats:
 
 
 class _Accumulator:
-    """float64 sums on the model's device, filled by hooks at the positions in ``self.sel``."""
+    """float64 per-chunk sums on the model's device, filled by PyTorch hooks on the plain HF
+    modules of a LoadedModel (``stat_modules``):
 
-    def __init__(self, n_layers: int, d_mlp: int, w_hat, device):
+    - forward pre-hook of the MLP output projection: its input is ``blocks.{l}.mlp.hook_post``
+      (GELU output for GPT-2; act(gate) * up for gated MLPs), exactly what multiplies ``W_out``;
+    - forward hook of that projection: its output is ``blocks.{l}.mlp.out.hook_out``
+      (``hook_post @ W_out + b_out``);
+    - forward hook of the block: its output is ``blocks.{l}.hook_resid_post``.
+
+    ``rows`` maps each batch row to its chunk slot; ``sel`` picks the positions read.
+    """
+
+    def __init__(self, model, n_slots: int, w_hat):
         import torch
 
-        self.act = torch.zeros(n_layers, d_mlp, dtype=torch.float64, device=device)
-        self.mlp_proj = torch.zeros(n_layers, dtype=torch.float64, device=device)
-        self.resid_proj = torch.zeros(n_layers, dtype=torch.float64, device=device)
-        self.count = 0
-        self.w_hat = w_hat.to(device=device, dtype=torch.float64)
+        dev = next(model.hf_model.parameters()).device
+        L, D = model.n_layers, model.d_mlp
+        self.act = torch.zeros(n_slots, L, D, dtype=torch.float64, device=dev)
+        self.mlp_proj = torch.zeros(n_slots, L, dtype=torch.float64, device=dev)
+        self.resid_proj = torch.zeros(n_slots, L, dtype=torch.float64, device=dev)
+        self.count = torch.zeros(n_slots, dtype=torch.float64, device=dev)
+        self.w_hat = w_hat.to(device=dev, dtype=torch.float64)
+        self.rows = None
         self.sel = slice(-1, None)
-        self.n_layers = n_layers
+        self._modules = model.stat_modules
+        self._handles = []
 
-    def hooks(self):
-        hooks = []
-        for layer in range(self.n_layers):
-            hooks.append((f"blocks.{layer}.mlp.hook_post", partial(self._post, layer)))
-            hooks.append((MLP_OUT_HOOK.format(l=layer), partial(self._mlp_out, layer)))
-            hooks.append((f"blocks.{layer}.hook_resid_post", partial(self._resid, layer)))
-        return hooks
+    def __enter__(self):
+        for layer, (block, proj) in enumerate(self._modules):
+            self._handles.append(proj.register_forward_pre_hook(partial(self._post, layer)))
+            self._handles.append(proj.register_forward_hook(partial(self._proj, self.mlp_proj, layer)))
+            self._handles.append(block.register_forward_hook(partial(self._proj, self.resid_proj, layer)))
+        return self
 
-    def _post(self, layer, act, hook):
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _post(self, layer, module, args):
         import torch
 
-        self.act[layer] += act[:, self.sel].sum(dim=(0, 1), dtype=torch.float64)
-        return act
+        x = args[0][:, self.sel].sum(dim=1, dtype=torch.float64)  # [batch, d_mlp]
+        self.act[:, layer].index_add_(0, self.rows, x)
 
-    def _mlp_out(self, layer, out, hook):
+    def _proj(self, target, layer, module, args, out):
         import torch
 
-        self.mlp_proj[layer] += (out[:, self.sel].to(torch.float64) @ self.w_hat).sum()
-        return out
+        x = out[0] if isinstance(out, tuple) else out
+        target[:, layer].index_add_(0, self.rows, (x[:, self.sel].to(torch.float64) @ self.w_hat).sum(1))
 
-    def _resid(self, layer, resid, hook):
-        import torch
-
-        self.resid_proj[layer] += (resid[:, self.sel].to(torch.float64) @ self.w_hat).sum()
-        return resid
-
-    def to_numpy(self) -> dict[str, np.ndarray]:
+    def slot_arrays(self, slot: int) -> dict[str, np.ndarray]:
         return {
-            "act_sum": self.act.cpu().numpy(),
-            "count": np.array(float(self.count)),
-            "mlp_out_proj_sum": self.mlp_proj.cpu().numpy(),
-            "resid_post_proj_sum": self.resid_proj.cpu().numpy(),
+            "act_sum": self.act[slot].cpu().numpy(),
+            "count": np.array(float(self.count[slot])),
+            "mlp_out_proj_sum": self.mlp_proj[slot].cpu().numpy(),
+            "resid_post_proj_sum": self.resid_proj[slot].cpu().numpy(),
         }
 
 
-def greedy_generate(bridge, batch: TokenBatch, max_new_tokens: int, acc: _Accumulator | None = None):
-    """Greedy KV-cached generation of exactly ``max_new_tokens`` tokens (no early stop).
+def greedy_generate(model, batch: TokenBatch, max_new_tokens: int, acc: _Accumulator | None = None,
+                    forced=None):
+    """Greedy KV-cached generation of exactly ``max_new_tokens`` tokens (no early stop) on the
+    plain HF module of a LoadedModel; only the last position is unembedded.
 
-    With ``acc``, its hooks read position -1 of every forward: the last prompt position, then
-    each newly fed token. Returns the generated tokens ``[batch, T]``.
+    With ``acc`` (already entered), its hooks read position -1 of every forward: the last
+    prompt position, then each newly fed token. With ``forced`` (``[batch, T]`` tokens), the
+    model is fed those tokens instead of its own argmax: the same sequence of operations as
+    its own generation, so two models with equal weights give bitwise equal activations
+    (a teacher-forced full forward would differ from a cached one in the last bits).
+    Returns the tokens fed, ``[batch, T]``.
     """
-    import contextlib
-
     import torch
+    from transformers import DynamicCache
 
-    mask = batch.attention_mask
-    pos = batch.position_ids
-    ctx = bridge.hooks(fwd_hooks=acc.hooks()) if acc is not None else contextlib.nullcontext()
+    hf = model.hf_model
+    mask, pos = batch.attention_mask, batch.position_ids
+    cache = DynamicCache(config=hf.config)
     out = []
-    with torch.no_grad(), ctx:
+
+    def step(logits, t):
+        return forced[:, t] if forced is not None else logits[:, -1].argmax(-1)
+
+    with torch.no_grad():
         if acc is not None:
             acc.sel = slice(-1, None)
-        logits, cache = bridge(batch.tokens, attention_mask=mask, position_ids=pos,
-                               return_type="logits_and_cache")
-        nxt = logits[:, -1].argmax(-1)
+        logits = hf(batch.tokens, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                    use_cache=True, logits_to_keep=1).logits
+        nxt = step(logits, 0)
         out.append(nxt)
         ones = torch.ones_like(mask[:, :1])
-        for _ in range(max_new_tokens - 1):
+        for t in range(1, max_new_tokens):
             mask = torch.cat([mask, ones], dim=1)
             pos = pos[:, -1:] + 1
-            logits, cache = bridge(nxt[:, None], attention_mask=mask, position_ids=pos,
-                                   past_key_values=cache, return_type="logits_and_cache")
-            nxt = logits[:, -1].argmax(-1)
+            logits = hf(nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
+                        use_cache=True, logits_to_keep=1).logits
+            nxt = step(logits, t)
             out.append(nxt)
     if acc is not None:
-        acc.count += batch.tokens.shape[0] * max_new_tokens
+        acc.count.index_add_(0, acc.rows, torch.full_like(acc.rows, max_new_tokens, dtype=torch.float64))
     return torch.stack(out, dim=1)
-
-
-def teacher_forced(bridge, batch: TokenBatch, continuation, acc: _Accumulator) -> None:
-    """One forward over prompt + continuation[:, :-1], reading the T positions that predict
-    the continuation (the same positions ``greedy_generate`` reads)."""
-    import torch
-
-    T = continuation.shape[1]
-    tokens = torch.cat([batch.tokens, continuation[:, :-1]], dim=1)
-    mask = torch.cat([batch.attention_mask, torch.ones_like(continuation[:, :-1])], dim=1)
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    acc.sel = slice(batch.tokens.shape[1] - 1, None)
-    with torch.no_grad(), bridge.hooks(fwd_hooks=acc.hooks()):
-        bridge(tokens, attention_mask=mask, position_ids=pos, return_type=None)
-    acc.count += tokens.shape[0] * T
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,9 +249,12 @@ def collect_pair(base, model, prompts: list[str], probe, settings: StatsSettings
                  *, cache=None, progress: bool | None = None) -> PairStats:
     """Run the statistics pass on a (base, candidate) pair of LoadedModels.
 
-    ``cache``: a ``mechclaims.cache.ResultCache``; chunks already on disk are loaded, not
-    recomputed. ``progress``: show a tqdm bar (None = only on a terminal).
+    Batches of ``batch_size`` prompts run through both models regardless of chunk boundaries;
+    each row's sums land in its chunk's slot. A chunk is written to ``cache`` (a
+    ``mechclaims.cache.ResultCache``) as soon as its last prompt is done, and chunks already
+    on disk are loaded, not recomputed. ``progress``: a tqdm bar (None = only on a terminal).
     """
+    import torch
     from tqdm.auto import tqdm
 
     from .cache import ResultCache
@@ -249,20 +266,47 @@ def collect_pair(base, model, prompts: list[str], probe, settings: StatsSettings
     cache = cache or ResultCache(None)
     entry = cache.entry(stats_key(base, model, probe, prompts, settings))
     ranges = chunk_ranges(len(prompts), settings.max_chunks)
-    w_hat = probe.unit()
-    prepend = bool(base.bridge.cfg.default_prepend_bos)
-    results = []
-    todo = sum(b - a for k, (a, b) in enumerate(ranges) if entry.load_chunk(k) is None)
-    bar = tqdm(total=todo, unit="prompt", desc="mechclaims stats", disable=(None if progress is None else not progress),
-               leave=False)
-    for k, (a, b) in enumerate(ranges):
-        arrays = entry.load_chunk(k)
-        if arrays is None:
-            arrays = _run_chunk(base, model, prompts[a:b], w_hat, settings, prepend, bar)
-            _check_finite(arrays, f"chunk {k} (prompts {a}..{b - 1})")
-            entry.save_chunk(k, arrays)
-        results.append(arrays)
-    bar.close()
+    done = {k: arr for k in range(len(ranges)) if (arr := entry.load_chunk(k)) is not None}
+    todo = [k for k in range(len(ranges)) if k not in done]
+    if todo:
+        rows = [(i, slot) for slot, k in enumerate(todo) for i in range(*ranges[k])]
+        seqs = encode_prompts(base.tokenizer, [prompts[i] for i, _ in rows],
+                              max_prompt_tokens=settings.max_prompt_tokens,
+                              prepend_bos=bool(base.bridge.cfg.default_prepend_bos))
+        slots = torch.tensor([slot for _, slot in rows], dtype=torch.long)
+        last_row = {slot: j for j, (_, slot) in enumerate(rows)}  # a slot is complete after it
+        w_hat = probe.unit()
+        acc_b, acc_m = _Accumulator(base, len(todo), w_hat), _Accumulator(model, len(todo), w_hat)
+        conts_b: dict[int, list] = {s: [] for s in range(len(todo))}
+        conts_m: dict[int, list] = {s: [] for s in range(len(todo))}
+        T, bs = settings.max_new_tokens, settings.batch_size
+        bar = tqdm(total=len(rows), unit="prompt", desc="mechclaims stats", leave=False,
+                   disable=(None if progress is None else not progress))
+        with acc_b, acc_m:
+            for j in range(0, len(rows), bs):
+                batch = pad_left(seqs[j:j + bs], base.tokenizer.pad_token_id, device=base.device)
+                acc_m.rows = slots[j:j + bs].to(acc_m.act.device)
+                acc_b.rows = slots[j:j + bs].to(acc_b.act.device)
+                cont_m = greedy_generate(model, batch, T, acc_m)
+                if settings.positions == "own":
+                    cont_b = greedy_generate(base, batch, T, acc_b)
+                else:  # the base reads the candidate's continuation, in the same cached steps
+                    cont_b = greedy_generate(base, batch, T, acc_b, forced=cont_m)
+                for r, slot in enumerate(slots[j:j + bs].tolist()):
+                    conts_b[slot].append(cont_b[r].cpu().numpy())
+                    conts_m[slot].append(cont_m[r].cpu().numpy())
+                for slot in sorted({s for s in slots[j:j + bs].tolist() if last_row[s] < j + bs}):
+                    k = todo[slot]
+                    arrays = {f"base_{n}": v for n, v in acc_b.slot_arrays(slot).items()}
+                    arrays.update({f"model_{n}": v for n, v in acc_m.slot_arrays(slot).items()})
+                    arrays["base_continuations"] = np.stack(conts_b[slot]).astype(np.int64)
+                    arrays["model_continuations"] = np.stack(conts_m[slot]).astype(np.int64)
+                    _check_finite(arrays, f"chunk {k} (prompts {ranges[k][0]}..{ranges[k][1] - 1})")
+                    entry.save_chunk(k, arrays)
+                    done[k] = arrays
+                bar.update(len(batch.tokens))
+        bar.close()
+    results = [done[k] for k in range(len(ranges))]
     return PairStats(
         base=_stack(results, "base_"),
         model=_stack(results, "model_"),
@@ -271,32 +315,6 @@ def collect_pair(base, model, prompts: list[str], probe, settings: StatsSettings
         provenance={"cache_key": entry.key, "cache_digest": entry.digest,
                     "mlp_out_hook": MLP_OUT_HOOK, "positions_read": POSITIONS_READ},
     )
-
-
-def _run_chunk(base, model, prompts, w_hat, settings, prepend, bar) -> dict[str, np.ndarray]:
-    acc_b = _Accumulator(base.n_layers, base.d_mlp, w_hat, base.device)
-    acc_m = _Accumulator(model.n_layers, model.d_mlp, w_hat, model.device)
-    seqs = encode_prompts(base.tokenizer, prompts, max_prompt_tokens=settings.max_prompt_tokens,
-                          prepend_bos=prepend)
-    conts_b, conts_m = [], []
-    T = settings.max_new_tokens
-    for i in range(0, len(seqs), settings.batch_size):
-        part = seqs[i:i + settings.batch_size]
-        batch = pad_left(part, base.tokenizer.pad_token_id, device=base.device)
-        cont_m = greedy_generate(model.bridge, batch, T, acc_m)
-        if settings.positions == "own":
-            cont_b = greedy_generate(base.bridge, batch, T, acc_b)
-        else:
-            teacher_forced(base.bridge, batch, cont_m, acc_b)
-            cont_b = cont_m
-        conts_b.append(cont_b.cpu().numpy())
-        conts_m.append(cont_m.cpu().numpy())
-        bar.update(len(part))
-    out = {f"base_{k}": v for k, v in acc_b.to_numpy().items()}
-    out.update({f"model_{k}": v for k, v in acc_m.to_numpy().items()})
-    out["base_continuations"] = np.concatenate(conts_b).astype(np.int64)
-    out["model_continuations"] = np.concatenate(conts_m).astype(np.int64)
-    return out
 
 
 def _check_finite(arrays: dict[str, np.ndarray], where: str) -> None:

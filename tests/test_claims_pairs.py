@@ -1,0 +1,183 @@
+"""Every claim fails where it must: the organisms, their derived pairs, and pairs built here so
+that a claim is false by construction. Runs ``pytest claims/`` as a user would."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from mechclaims.organism import organism_dir
+
+REPO = Path(__file__).resolve().parents[1]
+CLAIMS = str(REPO / "claims")
+N_PROMPTS = 120
+pytest_plugins = ["pytester"]
+RUNS: dict[str, dict] = {}  # every document produced in this module, for the cross-pair test
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """A module-wide result cache (one statistics pass per pair) and a prompt subset."""
+    d = tmp_path_factory.mktemp("pairs")
+    for arch in ("gpt2", "llama"):
+        lines = (organism_dir(arch) / "prompts.jsonl").read_text().splitlines()[:N_PROMPTS]
+        (d / f"{arch}-prompts.jsonl").write_text("\n".join(lines) + "\n")
+    return d
+
+
+def run(pytester, shared, name, *args, arch="gpt2"):
+    report = shared / "reports" / f"{name}.html"
+    res = pytester.runpytest_subprocess(
+        CLAIMS, "--prompts", str(shared / f"{arch}-prompts.jsonl"), "--cache-dir", str(shared / "cache"),
+        "--report", str(report), "--bootstrap", "40", "-p", "no:randomly", *args)
+    assert res.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), res.stderr.str()[-3000:]
+    doc = json.loads(report.with_suffix(".json").read_text())
+    RUNS[name] = doc
+    return {c["id"]: c for c in doc["claims"]}, doc, res
+
+
+def test_default_run_is_the_gpt2_organism(pytester, shared):
+    claims, doc, res = run(pytester, shared, "gpt2")
+    assert doc["config"]["model"] == "organism:gpt2" and doc["config"]["base"] == "organism:gpt2-base"
+    assert doc["provenance"]["prompts"]["n"] == N_PROMPTS
+    assert len(claims) == 14
+    out = res.parseoutcomes()
+    assert out.get("passed", 0) == doc["counts"]["pass"] and out.get("failed", 0) == doc["counts"]["fail"]
+    assert claims["C0"]["status"] == "pass"  # DPO lowered the toxicity projection
+    assert claims["C13"]["status"] == "fail"  # measured: early layers dominate in this organism
+
+
+def test_dampened_pair_fails_the_toxic_neuron_claims(pytester, shared):
+    """Only the top toxic-aligned, positively activated neurons were dampened: the story the
+    paper argues against is true here, and the claims against it must fail."""
+    claims, _, _ = run(pytester, shared, "gpt2-dampened", "--model", "organism:gpt2-dampened")
+    for cid in ("C3", "C4", "C6", "C9", "C10"):
+        assert claims[cid]["status"] == "fail", (cid, claims[cid]["checks"])
+    assert claims["C3"]["checks"][0]["value"] >= 0.10
+
+
+def test_identity_pair_has_nothing_to_attribute(pytester, shared):
+    claims, _, _ = run(pytester, shared, "gpt2-identity", "--model", "organism:gpt2-identity")
+    for cid in ("C0", "C8", "C12", "C23"):
+        assert claims[cid]["status"] == "fail", cid
+    for cid in ("C3", "C4", "C6", "C7", "C9", "C10", "C11", "C13"):
+        assert claims[cid]["status"] == "skip" and claims[cid]["reason"], cid
+
+
+def test_llama_organism_skips_the_gelu_claim(pytester, shared):
+    claims, doc, _ = run(pytester, shared, "llama", "--model", "organism:llama", arch="llama")
+    assert doc["provenance"]["base"]["gated_mlp"] is True
+    assert claims["C20"]["status"] == "skip" and "gated" in claims["C20"]["reason"]
+
+
+# --------------------------------------------------------------------------------------------
+# Pairs built so that one claim is false by construction (positions "shared": both models read
+# the same tokens, so a change confined to the last layer moves nothing else).
+
+
+def _organism_copy(dst: Path) -> Path:
+    src = organism_dir("gpt2") / "base"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _last_layer_cos(model, probe_path):
+    from mechclaims.probe import load_probe
+
+    w = load_probe(probe_path).unit().float()
+    W = model.transformer.h[-1].mlp.c_proj.weight  # Conv1D: [d_mlp, d_model], row i = neuron i
+    return (W @ w) / W.norm(dim=1)
+
+
+def _save(model, d: Path) -> str:
+    model.save_pretrained(d)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def built(shared):
+    from transformers import AutoModelForCausalLM
+
+    probe = organism_dir("gpt2") / "probe.safetensors"
+    out = {}
+    # TP only: toxic-aligned last-layer neurons get a much lower input bias. Only TP neurons can
+    # then have delta > 0, so one group holds 100% of the reduction and AP+AN hold 0% (C6, C7).
+    d = _organism_copy(shared / "tp-only")
+    m = AutoModelForCausalLM.from_pretrained(d)
+    with torch.no_grad():
+        cos = _last_layer_cos(m, probe)
+        m.transformer.h[-1].mlp.c_fc.bias[cos > 0] -= 4.0
+    out["tp-only"] = _save(m, d)
+    # Weight-only: anti-aligned last-layer value vectors scaled by 1.5. No activation moves, so
+    # no delta > 0 neuron moved its activation "canonically" (C11).
+    d = _organism_copy(shared / "weight-only")
+    m = AutoModelForCausalLM.from_pretrained(d)
+    with torch.no_grad():
+        cos = _last_layer_cos(m, probe)
+        m.transformer.h[-1].mlp.c_proj.weight[cos < 0] *= 1.5
+    out["weight-only"] = _save(m, d)
+    # Toxic neurons positively activated: the top-128 by cos get a large input bias (C20).
+    d = _organism_copy(shared / "positive-toxic")
+    m = AutoModelForCausalLM.from_pretrained(d)
+    with torch.no_grad():
+        from mechclaims.probe import load_probe
+
+        w = load_probe(probe).unit().float()
+        cos = torch.cat([(b.mlp.c_proj.weight @ w) / b.mlp.c_proj.weight.norm(dim=1) for b in m.transformer.h])
+        top = torch.topk(cos, 128).indices
+        d_mlp = m.config.n_inner or 4 * m.config.n_embd
+        for flat in top.tolist():
+            m.transformer.h[flat // d_mlp].mlp.c_fc.bias[flat % d_mlp] += 10.0
+    out["positive-toxic"] = _save(m, d)
+    # Value vectors rotated: every MLP weight perturbed by 5% of its scale (C19).
+    d = _organism_copy(shared / "rotated")
+    m = AutoModelForCausalLM.from_pretrained(d)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for b in m.transformer.h:
+            W = b.mlp.c_proj.weight
+            W.add_(0.05 * W.std() * torch.randn(W.shape, generator=g))
+    out["rotated"] = _save(m, d)
+    return out
+
+
+def _pair(pytester, shared, name, base, model):
+    probe = str(organism_dir("gpt2") / "probe.safetensors")
+    return run(pytester, shared, name, "--base", base, "--model", model, "--probe", probe,
+               "--positions", "shared")[0]
+
+
+def test_reduction_in_one_group_fails_c6_and_c7(pytester, shared, built):
+    claims = _pair(pytester, shared, "tp-only", str(organism_dir("gpt2") / "base"), built["tp-only"])
+    assert claims["C6"]["status"] == "fail" and claims["C6"]["checks"][0]["value"] == pytest.approx(1.0)
+    assert claims["C7"]["status"] == "fail" and claims["C7"]["checks"][0]["value"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_weight_only_change_fails_c11(pytester, shared, built):
+    claims = _pair(pytester, shared, "weight-only", str(organism_dir("gpt2") / "base"), built["weight-only"])
+    assert claims["C11"]["status"] == "fail"
+    canonical = next(k for k in claims["C11"]["checks"] if k["name"] == "canonical")
+    assert canonical["value"] == 0.0
+    assert claims["C10"]["status"] == "skip"  # no activation moved at all
+
+
+def test_positively_activated_toxic_neurons_fail_c20(pytester, shared, built):
+    claims = _pair(pytester, shared, "positive-toxic", built["positive-toxic"], built["positive-toxic"])
+    assert claims["C20"]["status"] == "fail" and claims["C20"]["checks"][0]["value"] == 0.0
+
+
+def test_rotated_value_vectors_fail_c19(pytester, shared, built):
+    claims = _pair(pytester, shared, "rotated", str(organism_dir("gpt2") / "base"), built["rotated"])
+    assert claims["C19"]["status"] == "fail"
+
+
+def test_no_claim_passes_on_every_pair():
+    """Runs after the tests above (file order): each claim failed somewhere."""
+    if len(RUNS) < 8:
+        pytest.skip("needs the other tests of this module to have run")
+    ids = {c["id"] for doc in RUNS.values() for c in doc["claims"]}
+    never_failed = sorted(cid for cid in ids if not any(
+        c["id"] == cid and c["status"] == "fail" for doc in RUNS.values() for c in doc["claims"]))
+    assert never_failed == [], f"claims that passed or skipped on every pair: {never_failed}"
