@@ -4,7 +4,8 @@ Three ways to get the per-neuron MLP activation means of a (base, DPO) pair over
 ``T = 20`` greedy new tokens, same batch size:
 
 ``mechclaims``  ``mechclaims.stats.collect_pair(positions="own")``: one KV-cached greedy pass
-                per model through TransformerBridge with float64 accumulating hooks.
+                per model (the plain HF module sharing the bridge's weights) with float64
+                accumulating hooks on hook_post's tensors.
 ``hf_generate`` (a) plain ``transformers`` ``generate`` of both models, no hooks: the floor.
 ``two_pass``    (b) the paper's method, written here independently: HF greedy ``generate``, then
                 a full forward over prompt + continuation storing every layer's MLP
@@ -195,42 +196,3 @@ def test_two_pass(benchmark, bench_pair, references):
         assert torch.equal(res[name]["continuations"], references["hf_conts"][name])
         np.testing.assert_array_equal(res[name]["mean_act"], references["two_pass"][name]["mean_act"])
         assert np.isfinite(res[name]["mean_act"]).all()
-
-
-# --------------------------------------------------------------------------------------------
-# Diagnostics for the report (same group): where the gap to (a) comes from
-
-
-def test_mechclaims_pass_chunk_per_batch(benchmark, bench_pair, prompts, references):
-    """mechclaims with max_chunks = n_prompts / batch_size, so each chunk is one full batch.
-
-    The default (32 chunks for 64 prompts) runs every 2-prompt chunk on its own: batch 2."""
-    probe = _probe(bench_pair)
-    settings = StatsSettings(positions="own", max_new_tokens=T, batch_size=BATCH_SIZE,
-                             max_chunks=max(1, len(prompts) // BATCH_SIZE))
-    stats = _pedantic(benchmark, bench_pair, lambda: collect_pair(
-        bench_pair.base, bench_pair.model, prompts, probe, settings, progress=False))
-    _check_mechclaims(bench_pair, stats, references["hf_conts"], references["two_pass"])
-
-
-@pytest.mark.parametrize("post_only", [False], ids=["3hooks"])
-def test_prototype_hf_hooks(benchmark, bench_pair, prompts, references, post_only):
-    """Prototype (fast_stats.py): plain HF module + PyTorch forward hooks, batches spanning
-    chunks, last-position logits only; the default 32 chunks are kept."""
-    from types import SimpleNamespace
-
-    from fast_stats import collect_pair_fast
-
-    probe = _probe(bench_pair)
-    base, model = _pedantic(benchmark, bench_pair, lambda: collect_pair_fast(
-        bench_pair.hf_base, bench_pair.hf_model, bench_pair.tokenizer, prompts, probe, T=T,
-        batch_size=BATCH_SIZE, prepend_bos=bool(bench_pair.base.bridge.cfg.default_prepend_bos),
-        post_only=post_only))
-    assert base.act_sum.shape[0] == min(32, len(prompts))
-    stats = SimpleNamespace(base=base, model=model)
-    if post_only:
-        for name, ms in (("base", base), ("model", model)):
-            assert (ms.continuations == references["hf_conts"][name].numpy()).all()
-            _assert_close_fp16(ms.mean_act(), references["two_pass"][name]["mean_act"], name)
-    else:
-        _check_mechclaims(bench_pair, stats, references["hf_conts"], references["two_pass"])

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 
 ENV_CACHE_DIR = "MECHCLAIMS_CACHE_DIR"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def default_cache_dir() -> Path:
@@ -40,6 +42,7 @@ def _atomic_write(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         try:
