@@ -12,6 +12,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
+# pytester (tests/test_claims*.py) snapshots sys.modules and removes whatever a test imported.
+# `datasets` (imported by transformer_lens) registers pyarrow extension types once per process
+# and fails when imported a second time, so import the stack once, before any snapshot.
+import transformer_lens.model_bridge  # noqa: E402,F401
+
 from tests import tiny  # noqa: E402
 
 
