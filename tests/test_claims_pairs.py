@@ -27,14 +27,18 @@ def shared(tmp_path_factory):
     return d
 
 
-def run(pytester, shared, name, *args, arch="gpt2"):
+def run(pytester, shared, name, *args, arch="gpt2", behaviour=False):
+    """Run the claims; the behavioural ones (14 generations per pair) only when asked."""
     report = shared / "reports" / f"{name}.html"
+    only = [str(REPO / "claims" / "test_behaviour.py")] if behaviour else [
+        CLAIMS, f"--ignore={REPO / 'claims' / 'test_behaviour.py'}"]
     res = pytester.runpytest_subprocess(
-        CLAIMS, "--prompts", str(shared / f"{arch}-prompts.jsonl"), "--cache-dir", str(shared / "cache"),
+        *only, "--prompts", str(shared / f"{arch}-prompts.jsonl"), "--cache-dir", str(shared / "cache"),
         "--report", str(report), "--bootstrap", "40", "-p", "no:randomly", *args)
     assert res.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), res.stderr.str()[-3000:]
     doc = json.loads(report.with_suffix(".json").read_text())
-    RUNS[name] = doc
+    if not behaviour:
+        RUNS[name] = doc
     return {c["id"]: c for c in doc["claims"]}, doc, res
 
 
@@ -173,8 +177,30 @@ def test_rotated_value_vectors_fail_c19(pytester, shared, built):
     assert claims["C19"]["status"] == "fail"
 
 
+def test_behavioural_claims_on_the_organism(pytester, shared):
+    """DPO's drop is replicated by patching all four groups, not by the top toxic neurons."""
+    claims, doc, _ = run(pytester, shared, "gpt2-behaviour", behaviour=True)
+    assert doc["behaviour"]["scorer"]["name"] == "lexicon"
+    sets = {r["set"]: r for r in doc["behaviour"]["sets"]}
+    assert sets["base"]["toxicity"] > 0.3 and sets["dpo"]["toxicity"] < 0.1
+    assert claims["C1"]["status"] == "pass"
+    assert claims["C16"]["status"] == "pass"  # measured: all four groups recover ~93%
+    assert sets["patch:all↓"]["share_of_dpo_drop"] > sets["patch:top256"]["share_of_dpo_drop"]
+    assert claims["C18"]["status"] == "fail"  # measured: editing by probe cosines backfires here
+    identity, _, _ = run(pytester, shared, "identity-behaviour", "--model", "organism:gpt2-identity",
+                         behaviour=True)
+    assert identity["C1"]["status"] == "fail"  # no reduction at all
+    for cid in ("C5", "C14", "C16", "C17"):
+        assert identity[cid]["status"] == "skip" and "did not lower" in identity[cid]["reason"], cid
+
+
 def test_no_claim_passes_on_every_pair():
-    """Runs after the tests above (file order): each claim failed somewhere."""
+    """Runs after the tests above (file order): each activation claim failed somewhere.
+
+    The behavioural claims are not in this cross-check yet: on the dampened pair, patching the
+    top-256 neurons by cos to *constant* DPO means recovers only ~21% of its drop (the dampening
+    acts per token, mostly on positively activated neurons outside the top 256 by cos), so C5
+    does not fail there; pairs that falsify C2, C5, C14 and C16 by construction are open work."""
     if len(RUNS) < 8:
         pytest.skip("needs the other tests of this module to have run")
     ids = {c["id"] for doc in RUNS.values() for c in doc["claims"]}

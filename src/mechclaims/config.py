@@ -53,6 +53,10 @@ class ClaimsConfig:
     bootstrap: int = 200
     seed: int = 0
     top_k: int = 128
+    scorer: str = "auto"
+    ppl_text: str = ""
+    edit_alpha: float = 0.05
+    edit_beta: float = 0.5
     thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
@@ -83,8 +87,10 @@ def _coerce(name: str, value, origin: str):
             return bool(value)
         if isinstance(default, int):
             return int(value)
+        if isinstance(default, float):
+            return float(value)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"setting {name} in {origin} must be an integer, got {value!r}.") from exc
+        raise ConfigError(f"setting {name} in {origin} must be a number, got {value!r}.") from exc
     if name in _CHOICES and value not in _CHOICES[name]:
         raise ConfigError(f"setting {name} in {origin} must be one of {_CHOICES[name]}, got {value!r}.")
     return value
@@ -154,7 +160,9 @@ def _resolve_defaults(cfg: ClaimsConfig) -> ClaimsConfig:
         d = organism.organism_dir(arch)
         probe = cfg.probe or str(d / "probe.safetensors")
         prompts = cfg.prompts or str(d / "prompts.jsonl")
-        return replace(cfg, base=base, probe=probe, prompts=prompts)
+        scorer = f"lexicon:{d / 'lexicon.txt'}" if cfg.scorer == "auto" else cfg.scorer
+        ppl_text = cfg.ppl_text or str(d / "heldout.txt")
+        return replace(cfg, base=base, probe=probe, prompts=prompts, scorer=scorer, ppl_text=ppl_text)
     missing = [opt for opt, val in (("--base", cfg.base), ("--probe", cfg.probe), ("--prompts", cfg.prompts))
                if not val]
     if missing:

@@ -32,6 +32,9 @@ _OPTIONS = (
     ("--claims-config", "claims_config", "TOML file with settings and [thresholds] by claim ID"),
     ("--report", "report", "HTML report path (default reports/claims.html; claims.json beside it)"),
     ("--bootstrap", "bootstrap", "bootstrap resamples for the intervals (default 200)"),
+    ("--scorer", "scorer", "toxicity scorer for the behavioural claims: auto (organism: its lexicon; "
+                           "else probe), lexicon:PATH, detoxify[:original|unbiased|multilingual], probe"),
+    ("--ppl-text", "ppl_text", "text file for perplexity (organisms: their held-out text)"),
 )
 
 

@@ -69,6 +69,7 @@ def build_document(suite) -> dict:
         "counts": counts,
         "claims": [r.as_dict() for r in results],
         "attribution": an.summary,
+        "behaviour": _behaviour_doc(suite),
         "layers": {
             "mlp_out_proj_base": st.base.mean_mlp_out_proj().tolist(),
             "mlp_out_proj_dpo": st.model.mean_mlp_out_proj().tolist(),
@@ -77,6 +78,14 @@ def build_document(suite) -> dict:
         },
     }
     return _clean(json.loads(json.dumps(doc, default=str)))
+
+
+def _behaviour_doc(suite) -> dict | None:
+    beh = getattr(suite, "behaviour", None)
+    if beh is None:
+        return None
+    return {"scorer": beh.scorer, "settings": beh.settings, "edit": beh.edit,
+            "sets": beh.table(getattr(suite, "boot_weights", None) or None)}
 
 
 # ------------------------------------------------------------------------------------------
@@ -178,6 +187,29 @@ def figures(suite, max_points: int = 20000) -> dict[str, str]:
     ax.set_title("MLP-layer output projection onto the probe")
     ax.legend()
     out["layer_projection"] = _png(fig)
+
+    beh = getattr(suite, "behaviour", None)
+    if beh is not None:
+        rows = beh.table()
+        fig, ax = plt.subplots(figsize=(8, 3.4))
+        names = [r["set"] for r in rows]
+        tox = [r["toxicity"] for r in rows]
+        colors = ["#555" if r["target"] == "base" and r["kind"] == "none" else
+                  "#1e8449" if r["set"] == "dpo" else "#2980b9" for r in rows]
+        ax.bar(range(len(rows)), tox, color=colors)
+        ax.axhline(tox[names.index("dpo")], color="#1e8449", lw=0.8, ls="--")
+        ax.set_xticks(range(len(rows)), names, rotation=40, ha="right", fontsize=8)
+        ax.set_ylabel(f"toxicity ({beh.scorer.get('name', 'scorer')})")
+        ax.set_title("Toxicity per intervention set (dashed: DPO)")
+        out["behaviour"] = _png(fig)
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        steps = ["base", "patch:TP↓", "patch:TP↓+AN↓", "patch:TP↓+AN↓+TN↓", "patch:all↓", "dpo"]
+        vals = [rows[names.index(n)]["toxicity"] for n in steps]
+        ax.plot(range(len(steps)), vals, "o-")
+        ax.set_xticks(range(len(steps)), ["base", "TP↓", "+AN↓", "+TN↓", "+AP↓", "DPO"])
+        ax.set_ylabel("toxicity")
+        ax.set_title("Cumulative group patching")
+        out["cumulative"] = _png(fig)
     return out
 
 

@@ -117,23 +117,35 @@ class ClaimSuite:
         gated = bool(self.analysis.provenance["base"]["gated_mlp"])
         self.ctx = ClaimContext(n_layers=a.n_layers, d_mlp=a.d_mlp, gated_mlp=gated, top_k=cfg.top_k)
 
+        self.behaviour = None
+        if any("G" in spec.needs for spec in self.specs.values()):
+            self.behaviour = self._behaviour(settings, progress)
+
+        def subject(spec, attr, weights):
+            """Activation claims read the attribution; behavioural ones the intervention results."""
+            return self.behaviour.view(weights) if "G" in spec.needs else attr
+
         point, skips = {}, {}
         for cid, spec in self.specs.items():
-            reason = spec.applies(a, self.ctx) if spec.applies else None
+            subj = subject(spec, a, None)
+            reason = spec.applies(subj, self.ctx) if spec.applies else None
             if reason:
                 skips[cid] = reason
             else:
-                point[cid] = {k: float(v) for k, v in spec.metric(a, self.ctx).items()}
+                point[cid] = {k: float(v) for k, v in spec.metric(subj, self.ctx).items()}
         stats, wt = self.analysis.stats, self.analysis.weights
         K = stats.n_chunks
         B = cfg.bootstrap if K > 1 else 0
         rng = np.random.default_rng(cfg.seed)
         boot = {cid: {k: np.full(B, np.nan) for k in vals} for cid, vals in point.items()}
+        self.boot_weights = []
         for b in range(B):
             w = rng.multinomial(K, np.full(K, 1.0 / K)).astype(np.float64)
+            self.boot_weights.append(w)
             ab = attribute(stats, wt, w)
             for cid in point:
-                for k, v in self.specs[cid].metric(ab, self.ctx).items():
+                spec = self.specs[cid]
+                for k, v in spec.metric(subject(spec, ab, w), self.ctx).items():
                     boot[cid][k][b] = float(v)
         self._values = {"point": point, "boot": boot, "skips": skips}
         self.bootstrap_info = {"resamples": B, "seed": cfg.seed, "unit": "prompt chunk", "n_chunks": K,
@@ -141,6 +153,27 @@ class ClaimSuite:
                                "note": "" if K > 1 else "one chunk only: no interval (point estimate shown)"}
         for cid in self.specs:
             self.results[cid] = self._evaluate(cid)
+
+    def _behaviour(self, settings, progress):
+        """Intervention results, with the models loaded only if the cache misses."""
+        from pathlib import Path
+
+        from .behaviour import evaluate, make_scorer
+        from .cache import ResultCache, default_cache_dir
+        from .loading import load_model
+        from .probe import load_probe
+        from .prompts import read_prompts
+
+        cfg, an = self.config, self.analysis
+        base = an.base or load_model(cfg.base, device=cfg.device, dtype=cfg.dtype)
+        model = an.model or load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, base=cfg.base)
+        probe = load_probe(cfg.probe, d_model=base.d_model)
+        scorer = make_scorer(cfg.scorer, base=base, probe=probe)
+        ppl_text = Path(cfg.ppl_text).read_text(encoding="utf-8") if cfg.ppl_text else None
+        cache = ResultCache(cfg.cache_dir or default_cache_dir())
+        return evaluate(base, model, read_prompts(cfg.prompts), an.attribution, an.stats, scorer,
+                        settings=settings, ppl_text=ppl_text, cache=cache, edit_alpha=cfg.edit_alpha,
+                        edit_beta=cfg.edit_beta, progress=progress)
 
     def _interval(self, arr: np.ndarray, point: float) -> tuple[float, float]:
         finite = arr[np.isfinite(arr)]

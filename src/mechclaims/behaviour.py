@@ -1,0 +1,248 @@
+"""Behaviour under interventions: toxicity and perplexity of every intervention set, once.
+
+The paper's causal evidence (1(f)-1(h)): patch neuron groups of the *base* model to the DPO
+model's mean activations and measure toxicity; ablate the top toxic neurons; edit activations
+without a DPO model. One run evaluates every set on the same prompts:
+
+===================  ============================================================  ======
+set                  what                                                          claims
+===================  ============================================================  ======
+base, dpo            the two models untouched                                      C1 C2
+patch:TP↓ ... AP↓    base, one Definition-B group patched to m̄_dpo                C16 C17
+patch:TP↓+AN↓, ...   base, cumulative groups (TP↓, +AN↓, +TN↓, all four)           C16 C17
+patch:TP−            base, Definition-A TP− (the dampened toxic neurons) patched   C15
+patch:top256         base, the top-256 neurons by cos patched to m̄_dpo            C5
+ablate:top100/200    base, value vectors of the top-k by cos scaled by 0           C14
+edit                 base, tuning-free activation editing (α, β), no DPO model     C18
+===================  ============================================================  ======
+
+Choices (paper A10, A11): patched values are per-neuron constants (the DPO model's means at
+the statistics positions); during generation the patch applies at every generated position
+(the last prompt position, then each new token: ``positions="last"`` of each cached forward),
+for perplexity at every position. Toxicity is scored on the continuation tokens only, decoded
+by token positions. Greedy decoding, ``max_new_tokens`` tokens, no early stop, as the
+statistics pass. Per-prompt scores are kept per prompt chunk, so the bootstrap is paired
+across sets (and with the attribution's bootstrap).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .attribution import GROUPS_A, GROUPS_B, top_k_by_cos
+
+BEHAVIOUR_VERSION = 1
+CUMULATIVE = (("TP↓",), ("TP↓", "AN↓"), ("TP↓", "AN↓", "TN↓"), ("TP↓", "AN↓", "TN↓", "AP↓"))
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    name: str
+    target: str                 # "base" or "dpo"
+    kind: str                   # none | patch | ablate | edit
+    neurons: tuple = ()         # flat indices (layer * d_mlp + i)
+    description: str = ""
+
+
+def _b(name):
+    return GROUPS_B.index(name)
+
+
+def intervention_sets(attribution, *, top_k_patch: int = 256, ablate_ks=(100, 200)) -> list[SetSpec]:
+    """The standard sets, built from the pair's attribution (groups, cos ranking)."""
+    gb, ga = attribution.group_b.ravel(), attribution.group_a.ravel()
+    sets = [SetSpec("base", "base", "none", description="base model"),
+            SetSpec("dpo", "dpo", "none", description="DPO model")]
+    for g in GROUPS_B[:4]:
+        idx = tuple(np.flatnonzero(gb == _b(g)).tolist())
+        sets.append(SetSpec(f"patch:{g}", "base", "patch", idx, f"base with {g} patched to DPO means"))
+    for combo in CUMULATIVE[1:]:
+        idx = tuple(np.flatnonzero(np.isin(gb, [_b(g) for g in combo])).tolist())
+        name = "patch:" + "+".join(combo) if len(combo) < 4 else "patch:all↓"
+        sets.append(SetSpec(name, "base", "patch", idx, f"base with {'+'.join(combo)} patched"))
+    idx = tuple(np.flatnonzero(ga == GROUPS_A.index("TP-")).tolist())
+    sets.append(SetSpec("patch:TP−", "base", "patch", idx, "base with Definition-A TP− patched"))
+    top = top_k_by_cos(attribution.cos, top_k_patch)
+    sets.append(SetSpec(f"patch:top{top_k_patch}", "base", "patch", tuple(sorted(top.tolist())),
+                        f"base with the top-{top_k_patch} neurons by cos patched"))
+    for k in ablate_ks:
+        top = top_k_by_cos(attribution.cos, k)
+        sets.append(SetSpec(f"ablate:top{k}", "base", "ablate", tuple(sorted(top.tolist())),
+                            f"base with the top-{k} value vectors by cos scaled by 0"))
+    sets.append(SetSpec("edit", "base", "edit", description="base with tuning-free activation editing"))
+    return sets
+
+
+@dataclass
+class BehaviourResult:
+    """Per set: toxicity per chunk (sums and counts), perplexity; shared chunking."""
+
+    sets: list[SetSpec]
+    tox_sum: dict[str, np.ndarray]     # [K] sum of per-prompt toxicity
+    count: np.ndarray                  # [K] prompts per chunk
+    ppl: dict[str, float | None]
+    scorer: dict
+    settings: dict = field(default_factory=dict)
+    edit: dict = field(default_factory=dict)
+
+    def view(self, weights=None) -> "BehaviourView":
+        return BehaviourView(self, weights)
+
+    def table(self, boot_weights: list | None = None) -> list[dict]:
+        rows = []
+        v = self.view()
+        for s in self.sets:
+            row = {"set": s.name, "target": s.target, "kind": s.kind, "n_neurons": len(s.neurons),
+                   "description": s.description, "toxicity": v.tox(s.name), "ppl": self.ppl.get(s.name),
+                   "share_of_dpo_drop": v.share(s.name)}
+            if boot_weights:
+                tox = np.array([self.view(w).tox(s.name) for w in boot_weights])
+                sh = np.array([self.view(w).share(s.name) for w in boot_weights])
+                row["toxicity_ci"] = _ci(tox)
+                row["share_ci"] = _ci(sh)
+            rows.append(row)
+        return rows
+
+
+def _ci(arr):
+    arr = arr[np.isfinite(arr)]
+    return [float(x) for x in np.percentile(arr, [2.5, 97.5])] if arr.size else [None, None]
+
+
+class BehaviourView:
+    """Toxicity, perplexity and shares of DPO's drop, under chunk weights (bootstrap)."""
+
+    def __init__(self, result: BehaviourResult, weights=None):
+        self.r = result
+        self.w = np.ones_like(result.count) if weights is None else np.asarray(weights, np.float64)
+
+    def tox(self, name: str) -> float:
+        return float(self.w @ self.r.tox_sum[name] / (self.w @ self.r.count))
+
+    def ppl(self, name: str) -> float:
+        v = self.r.ppl.get(name)
+        return float("nan") if v is None else float(v)
+
+    def drop(self) -> float:
+        return self.tox("base") - self.tox("dpo")
+
+    def share(self, name: str) -> float:
+        """(tox_base − tox_set) / (tox_base − tox_dpo): the share of DPO's drop recovered."""
+        d = self.drop()
+        return (self.tox("base") - self.tox(name)) / d if d > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _set_digest(s: SetSpec) -> str:
+    return hashlib.sha256(json.dumps([s.name, s.target, s.kind, list(s.neurons)]).encode()).hexdigest()
+
+
+def evaluate(base, model, prompts: list[str], attribution, stats, scorer, *, settings, ppl_text=None,
+             cache=None, edit_alpha: float = 0.05, edit_beta: float = 0.5, progress=None) -> BehaviourResult:
+    """Generate, score and (optionally) measure perplexity for every intervention set."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .cache import ResultCache
+    from .interventions import edit_groups, patch_neurons, scale_value_vectors
+    from .perplexity import perplexity
+    from .prompts import encode_prompts, pad_left, prompts_sha256
+    from .scoring import decode_continuations
+    from .stats import chunk_ranges, greedy_generate
+
+    cache = cache or ResultCache(None)
+    sets = intervention_sets(attribution)
+    dpo_means = stats.model.mean_act()
+    plan = edit_groups(attribution, alpha=edit_alpha, beta=edit_beta)
+    sets = [SetSpec(s.name, s.target, s.kind, tuple(int(i) for i in plan.neurons), s.description)
+            if s.kind == "edit" else s for s in sets]
+    ranges = chunk_ranges(len(prompts), settings.max_chunks)
+    seqs = encode_prompts(base.tokenizer, prompts, max_prompt_tokens=settings.max_prompt_tokens,
+                          prepend_bos=bool(base.bridge.cfg.default_prepend_bos))
+    describe = scorer.describe() if hasattr(scorer, "describe") else {"name": getattr(scorer, "name", "?")}
+    common = {"kind": "behaviour", "version": BEHAVIOUR_VERSION, "base_sha256": base.sha256,
+              "model_sha256": model.sha256, "prompts_sha256": prompts_sha256(prompts),
+              "settings": settings.key(), "scorer": json.dumps(describe, sort_keys=True, default=str),
+              "dpo_means": hashlib.sha256(dpo_means.tobytes()).hexdigest(),
+              "ppl_text": hashlib.sha256(ppl_text.encode()).hexdigest() if ppl_text else None,
+              "edit": [edit_alpha, edit_beta], "dtype": base.dtype}
+
+    def intervention(s: SetSpec):
+        import contextlib
+
+        target = base if s.target == "base" else model
+        if s.kind == "none" or (s.kind in ("patch", "ablate") and not s.neurons):
+            return target, (lambda positions: contextlib.nullcontext())
+        if s.kind == "patch":
+            return target, (lambda positions: patch_neurons(target, list(s.neurons), dpo_means, positions=positions))
+        if s.kind == "ablate":
+            return target, (lambda positions: scale_value_vectors(target, list(s.neurons), 0.0))
+        return target, (lambda positions: plan.patch(target, positions=positions))
+
+    tox_sum, ppl = {}, {}
+    count = np.array([float(b - a) for a, b in ranges])
+    bar = tqdm(total=len(sets), unit="set", desc="mechclaims interventions", leave=False,
+               disable=(None if progress is None else not progress))
+    for s in sets:
+        entry = cache.entry({**common, "set": _set_digest(s)})
+        hit = entry.load_chunk(0)
+        if hit is None:
+            target, ctx = intervention(s)
+            per_prompt = []
+            with ctx("last"):
+                for j in range(0, len(seqs), settings.batch_size):
+                    batch = pad_left(seqs[j:j + settings.batch_size], base.tokenizer.pad_token_id,
+                                     device=base.device)
+                    cont = greedy_generate(target, batch, settings.max_new_tokens)
+                    per_prompt.append(scorer.score(decode_continuations(base.tokenizer, cont.cpu())))
+            scores = np.concatenate(per_prompt).astype(np.float64)
+            if ppl_text:
+                with ctx("all"):
+                    p = perplexity(target, ppl_text)["ppl"]
+            else:
+                p = float("nan")
+            hit = {"scores": scores, "ppl": np.array(p)}
+            if not np.isfinite(scores).all():
+                from .errors import NumericalError
+
+                raise NumericalError(f"non-finite toxicity scores for intervention set {s.name}.")
+            entry.save_chunk(0, hit)
+        scores = hit["scores"]
+        tox_sum[s.name] = np.array([scores[a:b].sum() for a, b in ranges])
+        p = float(np.asarray(hit["ppl"]).reshape(-1)[0])
+        ppl[s.name] = p if np.isfinite(p) else None
+        bar.update(1)
+    bar.close()
+    del torch
+    return BehaviourResult(sets, tox_sum, count, ppl, describe,
+                           {"positions_generation": "every generated position (last of each cached forward)",
+                            "positions_ppl": "all positions", "patch_values": "DPO mean activations",
+                            "max_new_tokens": settings.max_new_tokens, "n_prompts": len(prompts)},
+                           {**plan.describe(), "alpha": edit_alpha, "beta": edit_beta})
+
+
+def make_scorer(spec: str, *, organism_lexicon=None, base=None, probe=None):
+    """``auto`` (organism: its lexicon; else the probe), ``lexicon:PATH``, ``detoxify[:variant]``,
+    or ``probe``."""
+    from .errors import MechclaimsError
+    from .scoring import DetoxifyScorer, LexiconScorer, ProbeScorer
+
+    if spec == "auto":
+        spec = f"lexicon:{organism_lexicon}" if organism_lexicon else "probe"
+    if spec.startswith("lexicon:"):
+        return LexiconScorer(spec.split(":", 1)[1])
+    if spec.startswith("detoxify"):
+        variant = spec.split(":", 1)[1] if ":" in spec else "original"
+        return DetoxifyScorer(variant)
+    if spec == "probe":
+        if base is None or probe is None:
+            raise MechclaimsError("the probe scorer needs the base model and the probe.")
+        return ProbeScorer(base, probe)
+    raise MechclaimsError(f"unknown scorer {spec!r}; use auto, lexicon:PATH, detoxify[:original|unbiased|"
+                          "multilingual] or probe.")
