@@ -129,6 +129,7 @@ def figures(suite, max_points: int = 20000) -> dict[str, str]:
             ax.bar(x, vals, bottom=bottom_neg, color=COLORS[g], label=g, width=0.8)
             bottom_neg += vals
     ax.plot(x, s["per_layer"]["net"], "k.-", label="net Σ Δ")
+    ax.set_xticks(x)
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xlabel("layer")
     ax.set_ylabel("Σ Δ (probe-projection units)")
@@ -182,6 +183,7 @@ def figures(suite, max_points: int = 20000) -> dict[str, str]:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot(x, st.base.mean_mlp_out_proj(), "o-", label="base")
     ax.plot(x, st.model.mean_mlp_out_proj(), "s-", label="DPO")
+    ax.set_xticks(x)
     ax.set_xlabel("layer")
     ax.set_ylabel("mean MLP output · ŵ")
     ax.set_title("MLP-layer output projection onto the probe")
