@@ -37,8 +37,7 @@ def run(pytester, shared, name, *args, arch="gpt2", behaviour=False):
         "--report", str(report), "--bootstrap", "40", "-p", "no:randomly", *args)
     assert res.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), res.stderr.str()[-3000:]
     doc = json.loads(report.with_suffix(".json").read_text())
-    if not behaviour:
-        RUNS[name] = doc
+    RUNS[name] = doc
     return {c["id"]: c for c in doc["claims"]}, doc, res
 
 
@@ -194,14 +193,76 @@ def test_behavioural_claims_on_the_organism(pytester, shared):
         assert identity[cid]["status"] == "skip" and "did not lower" in identity[cid]["reason"], cid
 
 
-def test_no_claim_passes_on_every_pair():
-    """Runs after the tests above (file order): each activation claim failed somewhere.
+def test_dampened_pair_fails_c5_when_the_patch_covers_the_prompt(pytester, shared):
+    """The dampened model differs at every position, prompt included, so the patch that can
+    reproduce it must cover the prompt too (--patch-positions all). Then patching its top-256
+    toxic neurons recovers far more than 25% of its drop: C5 fails, as it must. (With the
+    paper's generated-positions patch, the prompt's keys and values stay the base's and the
+    recovery is ~0.17.)"""
+    claims, doc, _ = run(pytester, shared, "dampened-behaviour", "--model", "organism:gpt2-dampened",
+                         "--patch-positions", "all", behaviour=True)
+    assert claims["C5"]["status"] == "fail" and claims["C5"]["checks"][0]["value"] > 0.25
+    sets = {r["set"]: r for r in doc["behaviour"]["sets"]}
+    assert sets["patch:TP↓"]["share_of_dpo_drop"] > 0.7  # the dampened set itself replicates it
 
-    The behavioural claims are not in this cross-check yet: on the dampened pair, patching the
-    top-256 neurons by cos to *constant* DPO means recovers only ~21% of its drop (the dampening
-    acts per token, mostly on positively activated neurons outside the top 256 by cos), so C5
-    does not fail there; pairs that falsify C2, C5, C14 and C16 by construction are open work."""
-    if len(RUNS) < 8:
+
+@pytest.fixture(scope="module")
+def behaviour_built(shared):
+    """Candidates whose toxicity drop comes from a known place."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mechclaims.attribution import top_k_by_cos
+    from mechclaims.probe import load_probe
+    from mechclaims.scoring import read_lexicon
+
+    out = {}
+    # Outside the MLPs: the final norm's bias pushes away from the toxic words' first tokens.
+    d = _organism_copy(shared / "final-norm")
+    m = AutoModelForCausalLM.from_pretrained(d)
+    tok = AutoTokenizer.from_pretrained(d)
+    ids = sorted({i for p in read_lexicon(organism_dir("gpt2") / "lexicon.txt")
+                  for i in tok(" " + p, add_special_tokens=False)["input_ids"][:1]})
+    with torch.no_grad():
+        direction = m.lm_head.weight[ids].mean(0)
+        m.transformer.ln_f.bias -= 15.0 * direction / direction.norm()
+    out["final-norm"] = _save(m, d)
+    # Exactly the ablation of C14: the top-200 value vectors by cos zeroed.
+    d = _organism_copy(shared / "ablated")
+    m = AutoModelForCausalLM.from_pretrained(d)
+    with torch.no_grad():
+        w = load_probe(organism_dir("gpt2") / "probe.safetensors").unit().float()
+        W = torch.stack([b.mlp.c_proj.weight for b in m.transformer.h])  # [L, d_mlp, d_model]
+        cos = ((W @ w) / W.norm(dim=-1)).double().numpy()
+        D = cos.shape[1]
+        for flat in top_k_by_cos(cos, 200).tolist():
+            m.transformer.h[flat // D].mlp.c_proj.weight[flat % D] = 0.0
+    out["ablated"] = _save(m, d)
+    return out
+
+
+def _behaviour_pair(pytester, shared, name, model):
+    d = organism_dir("gpt2")
+    return run(pytester, shared, name, "--base", str(d / "base"), "--model", model, "--probe",
+               str(d / "probe.safetensors"), "--scorer", f"lexicon:{d / 'lexicon.txt'}",
+               "--ppl-text", str(d / "heldout.txt"), behaviour=True)
+
+
+def test_drop_from_outside_the_mlps_fails_c16_and_c2(pytester, shared, behaviour_built):
+    claims, doc, _ = _behaviour_pair(pytester, shared, "final-norm", behaviour_built["final-norm"])
+    assert claims["C1"]["status"] == "pass"  # the candidate is much less toxic ...
+    assert claims["C16"]["status"] == "fail"  # ... but no MLP group patch recovers it
+    assert claims["C2"]["status"] == "fail"  # and the blunt edit costs fluency
+
+
+def test_drop_from_ablation_fails_c14(pytester, shared, behaviour_built):
+    claims, _, _ = _behaviour_pair(pytester, shared, "ablated", behaviour_built["ablated"])
+    c14 = {k["name"]: k["value"] for k in claims["C14"]["checks"]}
+    assert claims["C14"]["status"] == "fail" and c14["share_top200"] == pytest.approx(1.0)
+
+
+def test_no_claim_passes_on_every_pair():
+    """Runs after the tests above (file order): each claim failed on some pair."""
+    if len(RUNS) < 13:
         pytest.skip("needs the other tests of this module to have run")
     ids = {c["id"] for doc in RUNS.values() for c in doc["claims"]}
     never_failed = sorted(cid for cid in ids if not any(

@@ -144,7 +144,8 @@ def _set_digest(s: SetSpec) -> str:
 
 
 def evaluate(base, model, prompts: list[str], attribution, stats, scorer, *, settings, ppl_text=None,
-             cache=None, edit_alpha: float = 0.05, edit_beta: float = 0.5, progress=None) -> BehaviourResult:
+             cache=None, edit_alpha: float = 0.05, edit_beta: float = 0.5, progress=None,
+             generation_positions: str = "last") -> BehaviourResult:
     """Generate, score and (optionally) measure perplexity for every intervention set."""
     import torch
     from tqdm.auto import tqdm
@@ -171,7 +172,7 @@ def evaluate(base, model, prompts: list[str], attribution, stats, scorer, *, set
               "settings": settings.key(), "scorer": json.dumps(describe, sort_keys=True, default=str),
               "dpo_means": hashlib.sha256(dpo_means.tobytes()).hexdigest(),
               "ppl_text": hashlib.sha256(ppl_text.encode()).hexdigest() if ppl_text else None,
-              "edit": [edit_alpha, edit_beta], "dtype": base.dtype}
+              "edit": [edit_alpha, edit_beta], "dtype": base.dtype, "positions": generation_positions}
 
     def intervention(s: SetSpec):
         import contextlib
@@ -195,7 +196,7 @@ def evaluate(base, model, prompts: list[str], attribution, stats, scorer, *, set
         if hit is None:
             target, ctx = intervention(s)
             per_prompt = []
-            with ctx("last"):
+            with ctx(generation_positions):
                 for j in range(0, len(seqs), settings.batch_size):
                     batch = pad_left(seqs[j:j + settings.batch_size], base.tokenizer.pad_token_id,
                                      device=base.device)
@@ -221,7 +222,9 @@ def evaluate(base, model, prompts: list[str], attribution, stats, scorer, *, set
     bar.close()
     del torch
     return BehaviourResult(sets, tox_sum, count, ppl, describe,
-                           {"positions_generation": "every generated position (last of each cached forward)",
+                           {"positions_generation": {"last": "every generated position (the last of each cached "
+                                                              "forward: last prompt position, then each new token)",
+                                                     "all": "every position, prompt included"}[generation_positions],
                             "positions_ppl": "all positions", "patch_values": "DPO mean activations",
                             "max_new_tokens": settings.max_new_tokens, "n_prompts": len(prompts)},
                            {**plan.describe(), "alpha": edit_alpha, "beta": edit_beta})

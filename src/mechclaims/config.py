@@ -55,6 +55,7 @@ class ClaimsConfig:
     top_k: int = 128
     scorer: str = "auto"
     ppl_text: str = ""
+    patch_positions: str = "generated"
     edit_alpha: float = 0.05
     edit_beta: float = 0.5
     thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: MappingProxyType({}))
@@ -70,7 +71,8 @@ class ClaimsConfig:
 
 
 _FIELDS = {f.name: f for f in fields(ClaimsConfig)}
-_CHOICES = {"positions": ("own", "shared"), "dtype": ("float32", "bfloat16", "float16", "float64")}
+_CHOICES = {"positions": ("own", "shared"), "dtype": ("float32", "bfloat16", "float16", "float64"),
+            "patch_positions": ("generated", "all")}
 
 
 def _coerce(name: str, value, origin: str):

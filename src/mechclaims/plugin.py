@@ -35,6 +35,9 @@ _OPTIONS = (
     ("--scorer", "scorer", "toxicity scorer for the behavioural claims: auto (organism: its lexicon; "
                            "else probe), lexicon:PATH, detoxify[:original|unbiased|multilingual], probe"),
     ("--ppl-text", "ppl_text", "text file for perplexity (organisms: their held-out text)"),
+    ("--patch-positions", "patch_positions", "where interventions act during generation: generated "
+                                             "(the paper's: last prompt position + each new token) or all "
+                                             "(the prompt too); perplexity always patches every position"),
 )
 
 

@@ -193,7 +193,7 @@ def figures(suite, max_points: int = 20000) -> dict[str, str]:
     beh = getattr(suite, "behaviour", None)
     if beh is not None:
         rows = beh.table()
-        fig, ax = plt.subplots(figsize=(8, 3.4))
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 2]})
         names = [r["set"] for r in rows]
         tox = [r["toxicity"] for r in rows]
         colors = ["#555" if r["target"] == "base" and r["kind"] == "none" else
@@ -203,6 +203,14 @@ def figures(suite, max_points: int = 20000) -> dict[str, str]:
         ax.set_xticks(range(len(rows)), names, rotation=40, ha="right", fontsize=8)
         ax.set_ylabel(f"toxicity ({beh.scorer.get('name', 'scorer')})")
         ax.set_title("Toxicity per intervention set (dashed: DPO)")
+        ppl = [r["ppl"] if r["ppl"] is not None else np.nan for r in rows]
+        ax2.barh(range(len(rows)), ppl, color=colors)
+        ax2.set_yticks(range(len(rows)), names, fontsize=8)
+        ax2.invert_yaxis()
+        ax2.set_xscale("log")
+        ax2.set_xlabel("perplexity (log scale)")
+        ax2.set_title("Perplexity per set")
+        fig.tight_layout()
         out["behaviour"] = _png(fig)
         fig, ax = plt.subplots(figsize=(5, 3.2))
         steps = ["base", "patch:TP↓", "patch:TP↓+AN↓", "patch:TP↓+AN↓+TN↓", "patch:all↓", "dpo"]

@@ -173,7 +173,8 @@ class ClaimSuite:
         cache = ResultCache(cfg.cache_dir or default_cache_dir())
         return evaluate(base, model, read_prompts(cfg.prompts), an.attribution, an.stats, scorer,
                         settings=settings, ppl_text=ppl_text, cache=cache, edit_alpha=cfg.edit_alpha,
-                        edit_beta=cfg.edit_beta, progress=progress)
+                        edit_beta=cfg.edit_beta, progress=progress,
+                        generation_positions={"generated": "last", "all": "all"}[cfg.patch_positions])
 
     def _interval(self, arr: np.ndarray, point: float) -> tuple[float, float]:
         finite = arr[np.isfinite(arr)]
