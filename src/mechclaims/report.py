@@ -204,11 +204,15 @@ def figures(suite, max_points: int = 20000) -> dict[str, str]:
         ax.set_ylabel(f"toxicity ({beh.scorer.get('name', 'scorer')})")
         ax.set_title("Toxicity per intervention set (dashed: DPO)")
         ppl = [r["ppl"] if r["ppl"] is not None else np.nan for r in rows]
-        ax2.barh(range(len(rows)), ppl, color=colors)
-        ax2.set_yticks(range(len(rows)), names, fontsize=8)
-        ax2.invert_yaxis()
-        ax2.set_xscale("log")
-        ax2.set_xlabel("perplexity (log scale)")
+        if np.isfinite(ppl).any():
+            ax2.barh(range(len(rows)), ppl, color=colors)
+            ax2.set_yticks(range(len(rows)), names, fontsize=8)
+            ax2.invert_yaxis()
+            ax2.set_xscale("log")
+            ax2.set_xlabel("perplexity (log scale)")
+        else:
+            ax2.text(0.5, 0.5, "no perplexity text given\n(--ppl-text)", ha="center", va="center")
+            ax2.set_axis_off()
         ax2.set_title("Perplexity per set")
         fig.tight_layout()
         out["behaviour"] = _png(fig)
