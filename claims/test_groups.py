@@ -1,14 +1,8 @@
 """Four neuron groups, two reducing toxicity and two promoting anti-toxicity (paper §1(e), §2.4)."""
 
 from mechclaims.claim import Check, claim
-from mechclaims.metrics import (canonical_fraction, cell_reduce_fractions, gross_reduction,
-                                group_mean_relative_change, layer_halves, shares_b)
-
-
-def _needs_reduction(a, ctx):
-    if not gross_reduction(a) > 0:
-        return "no neuron reduced the toxicity projection (gross reduction is 0): shares are undefined"
-    return None
+from mechclaims.metrics import (canonical_fraction, cell_reduce_fractions, group_mean_relative_change,
+                                layer_halves, needs_reduction, shares_b)
 
 
 @claim("C6", "no-dominant-group",
@@ -18,7 +12,7 @@ def _needs_reduction(a, ctx):
                Check("min_share", ">=", 0.05, "smallest group share")],
        source="contribution_plot_*.ipynb stacked-bar cell",
        paper_value="max 37/26/31/34%, min 7/24/19/15% (GPT-2/Llama/Gemma/Mistral)",
-       applies=_needs_reduction)
+       applies=needs_reduction)
 def test_C6_no_dominant_group(a, ctx):
     s = shares_b(a)
     return {"max_share": max(s.values()), "min_share": min(s.values()), **s}
@@ -28,7 +22,7 @@ def test_C6_no_dominant_group(a, ctx):
        statement="The anti-toxic-aligned groups (AP↓ + AN↓) give at least 30% of the gross reduction.",
        checks=[Check("share", ">=", 0.30, "share of AP↓ + AN↓")],
        source="contribution_plot_*.ipynb", paper_value="0.44 / 0.50 / 0.49 / 0.49",
-       applies=_needs_reduction)
+       applies=needs_reduction)
 def test_C7_anti_toxic_groups_matter(a, ctx):
     s = shares_b(a)
     return {"share": s["AP↓"] + s["AN↓"]}

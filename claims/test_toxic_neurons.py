@@ -3,13 +3,9 @@
 import numpy as np
 
 from mechclaims.claim import Check, claim
-from mechclaims.metrics import gross_reduction, shares_a, top_k_by_cos, v2_toxic_share
+from mechclaims.metrics import needs_reduction, shares_a, top_k_by_cos, v2_toxic_share
 
 
-def _needs_reduction(a, ctx):
-    if not gross_reduction(a) > 0:
-        return "no neuron reduced the toxicity projection (gross reduction is 0): a share is undefined"
-    return None
 
 
 @claim("C3", "v2-toxic-neuron-share",
@@ -17,7 +13,7 @@ def _needs_reduction(a, ctx):
                  "were dampened by DPO account for < 10% of the gross reduction.",
        checks=[Check("share", "<", 0.10, "Σ Δ(top-128, act>0, dampened) / Σ_{Δ>0} Δ")],
        source="v2 abstract; figures/eda_activation.ipynb cells 6, 8",
-       paper_value="GPT-2 medium 0.049 (2.333 / 47.963)", applies=_needs_reduction)
+       paper_value="GPT-2 medium 0.049 (2.333 / 47.963)", applies=needs_reduction)
 def test_C3_v2_toxic_neuron_share(a, ctx):
     s = v2_toxic_share(a, ctx.top_k)
     return {"share": s["share"], "n_selected": s["n_selected"]}

@@ -116,3 +116,14 @@ def layer_halves(a) -> dict[str, float]:
     gross_last = float(d[d > 0].sum())
     tp_an = float(d[(g == 0) | (g == 3)].sum())
     return {"late_minus_early": late - early, "tp_an_share_last_third": _ratio(tp_an, gross_last)}
+
+
+# --------------------------------------------------------------------------------------------
+# When a claim applies: each returns a reason to skip, or None.
+
+
+def needs_reduction(a, ctx=None) -> str | None:
+    """Shares of the gross reduction are undefined when no neuron reduced the projection."""
+    if not gross_reduction(a) > 0:
+        return "no neuron reduced the toxicity projection (gross reduction is 0): a share is undefined"
+    return None
