@@ -366,3 +366,29 @@ def test_probe_scorer_errors(organism):
         s.score_continuations([[0] * 100], [[5] * 40])
     with pytest.raises(ScorerError, match="d_model"):
         ProbeScorer(model, Probe(torch.ones(7, dtype=torch.float64)))
+
+
+class _Payload:
+    """Unpickling this runs code: it writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_detoxify_checkpoint_with_code_is_refused_unless_trusted(detox_files, tmp_path):
+    from mechclaims.scoring import ScorerError
+
+    ckpt, hf_dir, _ = detox_files
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.ckpt"
+    obj = torch.load(ckpt, weights_only=True)
+    obj["hyper_parameters"] = _Payload(marker)
+    torch.save(obj, evil)
+    with pytest.raises(ScorerError, match="trust_checkpoint=True"):
+        DetoxifyScorer("original", checkpoint=evil, hf_dir=hf_dir)
+    assert not marker.exists()
+    DetoxifyScorer("original", checkpoint=evil, hf_dir=hf_dir, trust_checkpoint=True)
+    assert marker.exists()  # the user's explicit trust is what lets it run

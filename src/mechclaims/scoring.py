@@ -22,9 +22,11 @@ removed the prompt with ``str.replace``, which leaves prompt text behind when th
 truncated or re-decodes differently). ``decode_continuations`` decodes only the generated
 token ids, cut by token position.
 
-Detoxify checkpoints are pickles (``torch.load(weights_only=False)``, Detoxify's own format):
-loading one can execute arbitrary code. Use only checkpoints from a trusted source (the
-official release files from github.com/unitaryai/detoxify). ``DetoxifyScorer`` unpickles a
+Detoxify checkpoints are torch pickles (a dict of its config and state dict). ``DetoxifyScorer``
+reads them with ``torch.load(weights_only=True)``: plain containers and tensors only, so a file
+that would need code to unpickle is refused. Only with ``trust_checkpoint=True`` (for a
+checkpoint from a source you trust, e.g. the official release files from
+github.com/unitaryai/detoxify, should one carry other objects) is it fully unpickled. It reads a
 file only when the user names it (``checkpoint=``) or when it sits in the torch-hub cache under
 the official release file name (where ``Detoxify()`` itself would put it).
 """
@@ -307,7 +309,8 @@ class DetoxifyScorer:
     def __init__(self, variant: str = "original", checkpoint: str | Path | None = None,
                  hf_dir: str | Path | None = None, device: str = "cpu", attribute: str = "toxicity",
                  *, batch_size: int = 32, hf_cache_dir: str | Path | None = None,
-                 torch_hub_dir: str | Path | None = None):
+                 torch_hub_dir: str | Path | None = None, trust_checkpoint: bool = False):
+        self.trust_checkpoint = bool(trust_checkpoint)
         if variant not in DETOXIFY_RELEASES:
             raise ScorerError(f"Detoxify variant {variant!r} is unknown; choose one of {sorted(DETOXIFY_RELEASES)}.")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -383,8 +386,17 @@ class DetoxifyScorer:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        import pickle
+
         try:
-            loaded = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+            loaded = torch.load(self.checkpoint, map_location=self.device,
+                                weights_only=not self.trust_checkpoint)
+        except pickle.UnpicklingError as exc:
+            raise ScorerError(
+                f"refused to unpickle the Detoxify checkpoint {str(self.checkpoint)!r}: it holds "
+                f"objects beyond plain containers and tensors ({str(exc)[:200]}). If it comes from a "
+                "source you trust (the official release), pass trust_checkpoint=True."
+            ) from exc
         except Exception as exc:  # noqa: BLE001 - a broken pickle raises anything
             raise ScorerError(
                 f"could not read the Detoxify checkpoint {str(self.checkpoint)!r} "
