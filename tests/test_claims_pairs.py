@@ -186,6 +186,9 @@ def test_behavioural_claims_on_the_organism(pytester, shared):
     assert claims["C16"]["status"] == "pass"  # measured: all four groups recover ~93%
     assert sets["patch:all↓"]["share_of_dpo_drop"] > sets["patch:top256"]["share_of_dpo_drop"]
     assert claims["C18"]["status"] == "fail"  # measured: editing by probe cosines backfires here
+    again, doc2, _ = run(pytester, shared, "gpt2-behaviour-again", behaviour=True)
+    assert doc2["behaviour"]["settings"]["from_cache"] is True  # no generation the second time
+    assert {c: again[c]["status"] for c in again} == {c: claims[c]["status"] for c in claims}
     identity, _, _ = run(pytester, shared, "identity-behaviour", "--model", "organism:gpt2-identity",
                          behaviour=True)
     assert identity["C1"]["status"] == "fail"  # no reduction at all

@@ -143,19 +143,23 @@ def _set_digest(s: SetSpec) -> str:
     return hashlib.sha256(json.dumps([s.name, s.target, s.kind, list(s.neurons)]).encode()).hexdigest()
 
 
-def evaluate(base, model, prompts: list[str], attribution, stats, scorer, *, settings, ppl_text=None,
-             cache=None, edit_alpha: float = 0.05, edit_beta: float = 0.5, progress=None,
+def evaluate(models, prompts: list[str], attribution, stats, scorer, *, settings, key: dict,
+             ppl_text=None, cache=None, edit_alpha: float = 0.05, edit_beta: float = 0.5, progress=None,
              generation_positions: str = "last") -> BehaviourResult:
-    """Generate, score and (optionally) measure perplexity for every intervention set."""
-    import torch
+    """Generate, score and (optionally) measure perplexity for every intervention set.
+
+    ``models``: the (base, model) LoadedModels, or a callable returning them; ``scorer``: a
+    Scorer, or a callable taking the base model and returning one. Both are opened only when
+    some set is not in ``cache``, so a rerun does no model work. ``key``: what identifies the
+    inputs without opening them: ``base_sha256``, ``model_sha256``, ``dtype`` and ``scorer``
+    (a string naming the scorer and its files).
+    """
     from tqdm.auto import tqdm
 
     from .cache import ResultCache
-    from .interventions import edit_groups, patch_neurons, scale_value_vectors
-    from .perplexity import perplexity
-    from .prompts import encode_prompts, pad_left, prompts_sha256
-    from .scoring import decode_continuations
-    from .stats import chunk_ranges, greedy_generate
+    from .interventions import edit_groups
+    from .prompts import prompts_sha256
+    from .stats import chunk_ranges
 
     cache = cache or ResultCache(None)
     sets = intervention_sets(attribution)
@@ -164,29 +168,14 @@ def evaluate(base, model, prompts: list[str], attribution, stats, scorer, *, set
     sets = [SetSpec(s.name, s.target, s.kind, tuple(int(i) for i in plan.neurons), s.description)
             if s.kind == "edit" else s for s in sets]
     ranges = chunk_ranges(len(prompts), settings.max_chunks)
-    seqs = encode_prompts(base.tokenizer, prompts, max_prompt_tokens=settings.max_prompt_tokens,
-                          prepend_bos=bool(base.bridge.cfg.default_prepend_bos))
-    describe = scorer.describe() if hasattr(scorer, "describe") else {"name": getattr(scorer, "name", "?")}
-    common = {"kind": "behaviour", "version": BEHAVIOUR_VERSION, "base_sha256": base.sha256,
-              "model_sha256": model.sha256, "prompts_sha256": prompts_sha256(prompts),
-              "settings": settings.key(), "scorer": json.dumps(describe, sort_keys=True, default=str),
+    common = {"kind": "behaviour", "version": BEHAVIOUR_VERSION, **key,
+              "prompts_sha256": prompts_sha256(prompts), "settings": settings.key(),
               "dpo_means": hashlib.sha256(dpo_means.tobytes()).hexdigest(),
               "ppl_text": hashlib.sha256(ppl_text.encode()).hexdigest() if ppl_text else None,
-              "edit": [edit_alpha, edit_beta], "dtype": base.dtype, "positions": generation_positions}
+              "edit": [edit_alpha, edit_beta], "positions": generation_positions}
+    runner = _Runner(models, scorer, prompts, settings, dpo_means, plan, ppl_text, generation_positions)
 
-    def intervention(s: SetSpec):
-        import contextlib
-
-        target = base if s.target == "base" else model
-        if s.kind == "none" or (s.kind in ("patch", "ablate") and not s.neurons):
-            return target, (lambda positions: contextlib.nullcontext())
-        if s.kind == "patch":
-            return target, (lambda positions: patch_neurons(target, list(s.neurons), dpo_means, positions=positions))
-        if s.kind == "ablate":
-            return target, (lambda positions: scale_value_vectors(target, list(s.neurons), 0.0))
-        return target, (lambda positions: plan.patch(target, positions=positions))
-
-    tox_sum, ppl = {}, {}
+    tox_sum, ppl, describe = {}, {}, None
     count = np.array([float(b - a) for a, b in ranges])
     bar = tqdm(total=len(sets), unit="set", desc="mechclaims interventions", leave=False,
                disable=(None if progress is None else not progress))
@@ -194,40 +183,91 @@ def evaluate(base, model, prompts: list[str], attribution, stats, scorer, *, set
         entry = cache.entry({**common, "set": _set_digest(s)})
         hit = entry.load_chunk(0)
         if hit is None:
-            target, ctx = intervention(s)
-            per_prompt = []
-            with ctx(generation_positions):
-                for j in range(0, len(seqs), settings.batch_size):
-                    batch = pad_left(seqs[j:j + settings.batch_size], base.tokenizer.pad_token_id,
-                                     device=base.device)
-                    cont = greedy_generate(target, batch, settings.max_new_tokens)
-                    per_prompt.append(scorer.score(decode_continuations(base.tokenizer, cont.cpu())))
-            scores = np.concatenate(per_prompt).astype(np.float64)
-            if ppl_text:
-                with ctx("all"):
-                    p = perplexity(target, ppl_text)["ppl"]
-            else:
-                p = float("nan")
-            hit = {"scores": scores, "ppl": np.array(p)}
-            if not np.isfinite(scores).all():
-                from .errors import NumericalError
-
-                raise NumericalError(f"non-finite toxicity scores for intervention set {s.name}.")
+            hit = runner.run(s)
             entry.save_chunk(0, hit)
+            entry.save_meta({"scorer": runner.describe()})
+        describe = describe or (entry.load_meta() or {}).get("scorer") or (
+            runner.describe() if runner.opened else None)
         scores = hit["scores"]
         tox_sum[s.name] = np.array([scores[a:b].sum() for a, b in ranges])
         p = float(np.asarray(hit["ppl"]).reshape(-1)[0])
         ppl[s.name] = p if np.isfinite(p) else None
         bar.update(1)
     bar.close()
-    del torch
-    return BehaviourResult(sets, tox_sum, count, ppl, describe,
+    return BehaviourResult(sets, tox_sum, count, ppl, describe or {"name": key.get("scorer", "?")},
                            {"positions_generation": {"last": "every generated position (the last of each cached "
                                                               "forward: last prompt position, then each new token)",
                                                      "all": "every position, prompt included"}[generation_positions],
                             "positions_ppl": "all positions", "patch_values": "DPO mean activations",
-                            "max_new_tokens": settings.max_new_tokens, "n_prompts": len(prompts)},
+                            "max_new_tokens": settings.max_new_tokens, "n_prompts": len(prompts),
+                            "from_cache": not runner.opened},
                            {**plan.describe(), "alpha": edit_alpha, "beta": edit_beta})
+
+
+class _Runner:
+    """Opens the models and the scorer on first use, then runs one intervention set."""
+
+    def __init__(self, models, scorer, prompts, settings, dpo_means, plan, ppl_text, positions):
+        self._models, self._scorer = models, scorer
+        self.prompts, self.settings, self.dpo_means, self.plan = prompts, settings, dpo_means, plan
+        self.ppl_text, self.positions = ppl_text, positions
+        self.opened = False
+
+    def _open(self):
+        if self.opened:
+            return
+        from .prompts import encode_prompts
+
+        self.base, self.model = self._models() if callable(self._models) else self._models
+        self.scorer = self._scorer(self.base) if callable(self._scorer) and not hasattr(self._scorer, "score") \
+            else self._scorer
+        self.seqs = encode_prompts(self.base.tokenizer, self.prompts,
+                                   max_prompt_tokens=self.settings.max_prompt_tokens,
+                                   prepend_bos=bool(self.base.bridge.cfg.default_prepend_bos))
+        self.opened = True
+
+    def describe(self) -> dict:
+        self._open()
+        sc = self.scorer
+        return sc.describe() if hasattr(sc, "describe") else {"name": getattr(sc, "name", "?")}
+
+    def _context(self, s: SetSpec, target, positions):
+        import contextlib
+
+        from .interventions import patch_neurons, scale_value_vectors
+
+        if s.kind == "none" or (s.kind in ("patch", "ablate") and not s.neurons):
+            return contextlib.nullcontext()
+        if s.kind == "patch":
+            return patch_neurons(target, list(s.neurons), self.dpo_means, positions=positions)
+        if s.kind == "ablate":
+            return scale_value_vectors(target, list(s.neurons), 0.0)
+        return self.plan.patch(target, positions=positions)
+
+    def run(self, s: SetSpec) -> dict[str, np.ndarray]:
+        from .errors import NumericalError
+        from .perplexity import perplexity
+        from .prompts import pad_left
+        from .scoring import decode_continuations
+        from .stats import greedy_generate
+
+        self._open()
+        target = self.base if s.target == "base" else self.model
+        bs, tok = self.settings.batch_size, self.base.tokenizer
+        per_prompt = []
+        with self._context(s, target, self.positions):
+            for j in range(0, len(self.seqs), bs):
+                batch = pad_left(self.seqs[j:j + bs], tok.pad_token_id, device=self.base.device)
+                cont = greedy_generate(target, batch, self.settings.max_new_tokens)
+                per_prompt.append(self.scorer.score(decode_continuations(tok, cont.cpu())))
+        scores = np.concatenate(per_prompt).astype(np.float64)
+        if not np.isfinite(scores).all():
+            raise NumericalError(f"non-finite toxicity scores for intervention set {s.name}.")
+        p = float("nan")
+        if self.ppl_text:
+            with self._context(s, target, "all"):
+                p = perplexity(target, self.ppl_text)["ppl"]
+        return {"scores": scores, "ppl": np.array(p)}
 
 
 def make_scorer(spec: str, *, organism_lexicon=None, base=None, probe=None):

@@ -155,7 +155,7 @@ class ClaimSuite:
             self.results[cid] = self._evaluate(cid)
 
     def _behaviour(self, settings, progress):
-        """Intervention results, with the models loaded only if the cache misses."""
+        """Intervention results; the models and scorer are opened only if the cache misses."""
         from pathlib import Path
 
         from .behaviour import evaluate, make_scorer
@@ -165,13 +165,20 @@ class ClaimSuite:
         from .prompts import read_prompts
 
         cfg, an = self.config, self.analysis
-        base = an.base or load_model(cfg.base, device=cfg.device, dtype=cfg.dtype)
-        model = an.model or load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, base=cfg.base)
-        probe = load_probe(cfg.probe, d_model=base.d_model)
-        scorer = make_scorer(cfg.scorer, base=base, probe=probe)
+
+        def models():
+            base = an.base or load_model(cfg.base, device=cfg.device, dtype=cfg.dtype)
+            model = an.model or load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, base=cfg.base)
+            return base, model
+
+        def scorer(base):
+            return make_scorer(cfg.scorer, base=base, probe=load_probe(cfg.probe, d_model=base.d_model))
+
+        key = {"base_sha256": an.provenance["base"]["sha256"], "model_sha256": an.provenance["model"]["sha256"],
+               "dtype": cfg.dtype, "scorer": cfg.scorer, "probe_sha256": an.provenance["probe"]["sha256"]}
         ppl_text = Path(cfg.ppl_text).read_text(encoding="utf-8") if cfg.ppl_text else None
         cache = ResultCache(cfg.cache_dir or default_cache_dir())
-        return evaluate(base, model, read_prompts(cfg.prompts), an.attribution, an.stats, scorer,
+        return evaluate(models, read_prompts(cfg.prompts), an.attribution, an.stats, scorer, key=key,
                         settings=settings, ppl_text=ppl_text, cache=cache, edit_alpha=cfg.edit_alpha,
                         edit_beta=cfg.edit_beta, progress=progress,
                         generation_positions={"generated": "last", "all": "all"}[cfg.patch_positions])
