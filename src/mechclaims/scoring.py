@@ -389,8 +389,10 @@ class DetoxifyScorer:
         import pickle
 
         try:
-            loaded = torch.load(self.checkpoint, map_location=self.device,
-                                weights_only=not self.trust_checkpoint)
+            if self.trust_checkpoint:  # the caller vouched for this file: full unpickling
+                loaded = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+            else:
+                loaded = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
         except pickle.UnpicklingError as exc:
             raise ScorerError(
                 f"refused to unpickle the Detoxify checkpoint {str(self.checkpoint)!r}: it holds "

@@ -43,6 +43,7 @@ class ClaimResult:
     reason: str = ""
     checks: list[CheckResult] = field(default_factory=list)
     details: dict = field(default_factory=dict)  # extra metric values with intervals
+    strict: bool = False                         # verdicts from the interval's pessimistic end
 
     @property
     def unstable(self) -> bool:
@@ -51,12 +52,11 @@ class ClaimResult:
     def message(self) -> str:
         parts = []
         for c in self.checks:
-            ok = "ok" if (c.holds_strict if self._strict else c.holds) else "FAILS"
+            ok = "ok" if (c.holds_strict if self.strict else c.holds) else "FAILS"
             parts.append(f"{c.check.label or c.check.name} = {c.value:.4g} "
                          f"[{c.lo:.4g}, {c.hi:.4g}] (need {c.check.op} {c.check.threshold:g}: {ok})")
         return f"{self.spec.id} {self.spec.slug}: " + "; ".join(parts)
 
-    _strict: bool = False
 
     def as_dict(self) -> dict:
         s = self.spec
@@ -212,9 +212,8 @@ class ClaimSuite:
         nonfinite = [c.check.name for c in checks if not math.isfinite(c.value)]
         ok = all((c.holds_strict if self.config.strict else c.holds) for c in checks)
         reason = f"metric is not finite for {nonfinite}" if nonfinite else ""
-        r = ClaimResult(spec, "pass" if ok and not nonfinite else "fail", reason, checks, details)
-        r._strict = self.config.strict
-        return r
+        return ClaimResult(spec, "pass" if ok and not nonfinite else "fail", reason, checks, details,
+                           strict=self.config.strict)
 
     def verified_unique(self) -> list[str]:
         """Claims that ran, in the order they ran, each once."""
