@@ -37,7 +37,7 @@ def _needs_positive(a, ctx):
 @claim("C11", "shift-directions",
        statement="Within the ↓ groups, TP↓ and AN↓ shrink in magnitude (mean relative change "
                  "> 0) while TN↓ and AP↓ grow (< 0); ≥ 80% of Δ > 0 neurons moved the "
-                 "canonical way (TP−, TN+, AP+, AN−).",
+                 "canonical way (TP-, TN+, AP+, AN-).",
        checks=[Check("TP↓", ">", 0.0, "mean rel. change TP↓"), Check("AN↓", ">", 0.0, "mean rel. change AN↓"),
                Check("TN↓", "<", 0.0, "mean rel. change TN↓"), Check("AP↓", "<", 0.0, "mean rel. change AP↓"),
                Check("canonical", ">=", 0.80, "canonical fraction of Δ > 0")],

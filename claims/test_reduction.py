@@ -1,7 +1,7 @@
 """DPO lowers the toxicity projection, through many small, balanced shifts (paper §2.5).
 
 Every metric here is a function of the per-neuron attribution (``mechclaims.attribution``);
-thresholds come from ``../shared/research/paper-method-and-claims.md`` §3.
+thresholds are the paper's, as each claim's ``source`` and ``paper_value`` cite them.
 """
 
 from mechclaims.claim import Check, claim

@@ -3,9 +3,7 @@
 import numpy as np
 
 from mechclaims.claim import Check, claim
-from mechclaims.metrics import needs_reduction, shares_a, top_k_by_cos, v2_toxic_share
-
-
+from mechclaims.metrics import needs_group_a_reduction, needs_reduction, shares_a, top_k_by_cos, v2_toxic_share
 
 
 @claim("C3", "v2-toxic-neuron-share",
@@ -19,21 +17,12 @@ def test_C3_v2_toxic_neuron_share(a, ctx):
     return {"share": s["share"], "n_selected": s["n_selected"]}
 
 
-def _needs_a_reduction(a, ctx):
-    from mechclaims.attribution import group_sums
-
-    _, sums = group_sums(a.group_a, a.delta)
-    if not sums[:4].sum() > 0:
-        return "the four Definition-A reduction groups sum to 0: a share is undefined"
-    return None
-
-
 @claim("C4", "v1-tp-minus-share",
-       statement="The dampened toxic-aligned, positively activated neurons (Definition A, TP−) "
+       statement="The dampened toxic-aligned, positively activated neurons (Definition A, TP-) "
                  "give less than half of the four reducing groups' total.",
-       checks=[Check("share", "<", 0.50, "Σ Δ(TP−) / Σ Δ(TP−, TN+, AP+, AN−)")],
+       checks=[Check("share", "<", 0.50, "Σ Δ(TP-) / Σ Δ(TP-, TN+, AP+, AN-)")],
        source="v1 abstract; figures/group_neurons_gpt2.ipynb cell 29",
-       paper_value="GPT-2 medium 0.318 (15.111 / 47.484)", applies=_needs_a_reduction)
+       paper_value="GPT-2 medium 0.318 (15.111 / 47.484)", applies=needs_group_a_reduction)
 def test_C4_v1_tp_minus_share(a, ctx):
     return {"share": shares_a(a)["TP-"]}
 

@@ -169,7 +169,7 @@ def test_committed_acceptance_recomputed(committed, monkeypatch):
     import numpy as np
 
     from mechclaims.loading import load_model
-    from mechclaims.organism.build import THRESHOLDS, perplexity, read_jsonl, toxicity
+    from mechclaims.organism.build import THRESHOLDS, perplexity, toxicity
     from mechclaims.probe import load_probe, pooled_features
     from mechclaims.prompts import read_prompts
     from mechclaims.scoring import LexiconScorer
@@ -195,7 +195,7 @@ def test_committed_acceptance_recomputed(committed, monkeypatch):
     assert pd / pb <= THRESHOLDS["ppl_ratio_max"]
     # probe: accuracy on the shipped labelled set with the stored threshold
     probe = load_probe(info["probe"], d_model=base.config.hidden_size)
-    rows = read_jsonl(d / "probe_eval.jsonl")
+    rows = [json.loads(line) for line in (d / "probe_eval.jsonl").read_text().splitlines() if line]
     lm = load_model(f"organism:{arch}-base")
     proj = pooled_features(lm, [r["text"] for r in rows]) @ probe.direction.numpy()
     ev = float(((proj > acc["probe_threshold"]).astype(int)

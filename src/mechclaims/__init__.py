@@ -1,16 +1,18 @@
 """mechclaims: a research finding about model internals, as an executable test.
 
-The library is cut by concept; each module reads top to bottom:
+The data path (ARCHITECTURE.md has one line per module):
 
-- ``loading``      model sources -> TransformerBridge pairs, validated
-- ``prompts``      prompt files -> left-padded token batches
-- ``probe``        a direction in d_model: load, check, train
-- ``stats``        one KV-cached greedy pass that streams per-neuron float64 sums
-- ``attribution``  per-neuron projection change along the probe, the four groups
-- ``cache``        content-addressed, atomic, resumable on-disk results
-- ``cli``          ``mechclaims neurons ...``
+    options -> config.ClaimsConfig -> runspec.RunSpec (sources, probe, prompts, scorer resolved
+    once) -> analysis (stats -> attribution) -> behaviour -> suite.SuiteResult -> report / JSON /
+    JUnit (plugin)
 
-Nothing here imports pytest; importing ``mechclaims`` does not import torch.
+Ground floor (imports nothing above it): ``errors``, ``choices``, ``cache``, ``provenance``.
+Engine: ``sources``, ``loading``, ``prompts``, ``probe``, ``stats``, ``attribution``,
+``interventions``, ``perplexity``, ``scoring``. Claims: ``claim``, ``metrics``, ``config``,
+``runspec``, ``analysis``, ``behaviour``, ``suite``, ``report``, ``plugin``, ``cli``.
+Organisms: ``organism`` (runtime) and ``organism.build`` (a leaf that uses the engine).
+
+Nothing here imports pytest but the plugin; importing ``mechclaims`` does not import torch.
 """
 
 __version__ = "0.1.0"

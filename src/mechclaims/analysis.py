@@ -15,11 +15,13 @@ import numpy as np
 
 from .attribution import Attribution, WeightTerms, attribute, summarize, weight_terms
 from .cache import ResultCache, default_cache_dir
-from .loading import WEIGHT_PROCESSING, load_model, check_pair, parse_source, source_sha256
+from .choices import MLP_OUT_HOOK, POSITIONS_READ
+from .loading import WEIGHT_PROCESSING, check_pair, load_model
 from .probe import Probe, load_probe, probe_summary
 from .prompts import prompts_sha256, read_prompts
-from .provenance import now_utc, package_versions
-from .stats import MLP_OUT_HOOK, POSITIONS_READ, PairStats, StatsSettings, collect_pair, stats_key
+from .provenance import display_path, now_utc, package_versions
+from .sources import Source, as_source
+from .stats import PairStats, StatsSettings, chunk_ranges, collect_pair, stack_chunks, stats_key
 
 
 @dataclass
@@ -31,52 +33,57 @@ class NeuronAnalysis:
     provenance: dict = field(default_factory=dict)
     base: object | None = None    # LoadedModel, when the models had to be loaded
     model: object | None = None
+    sources: tuple | None = None  # the (base, model) Source records
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def open_models(self):
+        """The (base, model) LoadedModels: the ones this analysis loaded, or loaded now from the
+        same resolved records (a cached analysis loads none until something needs them)."""
+        if self.base is None or self.model is None:
+            b, m = self.sources
+            self.base = load_model(b, device=self.device, dtype=self.dtype, memo=False)
+            self.model = load_model(m, device=self.device, dtype=self.dtype, memo=False)
+            check_pair(self.base, self.model)
+        return self.base, self.model
 
 
-def _weights_key(base_sha, model_sha, probe_sha) -> dict:
-    return {"kind": "weight-terms", "version": 2, "base_sha256": base_sha,
-            "model_sha256": model_sha, "probe_sha256": probe_sha}
+WEIGHTS_VERSION = 3
 
 
-class _Hashed:
-    """Duck-typed stand-in carrying what ``stats_key`` needs, before any model is loaded."""
-
-    def __init__(self, sha256, dtype, device):
-        self.sha256, self.dtype, self.device = sha256, dtype, device
-
-
-def _cheap_sha(source: str, base: str | None, memo: bool = True) -> str | None:
-    spec = parse_source(source, base=base)
-    if spec.kind == "organism":
-        return None  # known after opening (cheap for the small organisms)
-    return source_sha256(spec, memo=memo)
+def _weights_key(base: Source, model: Source, probe_sha: str, dtype: str, device: str) -> dict:
+    # Every setting that changes a number: the weight terms are computed in the model's dtype.
+    return {"kind": "weight-terms", "version": WEIGHTS_VERSION, "base_sha256": base.sha256,
+            "model_sha256": model.sha256, "probe_sha256": probe_sha, "dtype": dtype,
+            "device_type": str(device).split(":")[0]}
 
 
-def analyze(base_source: str, model_source: str, probe: str | Path | Probe, prompts: str | Path | list[str],
-            settings: StatsSettings = StatsSettings(), *, device: str = "cpu", dtype: str = "float32",
-            cache_dir: str | Path | None | bool = True, progress: bool | None = None,
+def analyze(base_source: "str | Source", model_source: "str | Source", probe: str | Path | Probe,
+            prompts: str | Path | list[str], settings: StatsSettings = StatsSettings(), *, device: str = "cpu",
+            dtype: str = "float32", cache_dir: str | Path | None | bool = True, progress: bool | None = None,
             top_k: int = 128, check_parity: bool = False) -> NeuronAnalysis:
     """Statistics, weight terms, attribution and summary for a pair.
 
-    ``cache_dir``: True = the default cache dir, False/None = no cache, or a path.
+    Sources are ``Source`` records (a claim run passes its ``RunSpec``'s) or strings, resolved
+    here once. ``cache_dir``: True = the default cache dir, False/None = no cache, or a path.
     """
     cache = ResultCache(default_cache_dir() if cache_dir is True else (cache_dir or None))
-    prompt_list = list(prompts) if isinstance(prompts, list) else read_prompts(prompts)
+    base_src = as_source(base_source, memo_dir=cache.root)
+    model_src = as_source(model_source, base=base_src, memo_dir=cache.root)
+    prompt_list = list(prompts) if isinstance(prompts, (list, tuple)) else read_prompts(prompts)
     probe_obj = probe if isinstance(probe, Probe) else load_probe(probe)
 
-    stats = wt = None
-    gated = None
-    described = None
-    b_sha, m_sha = _cheap_sha(base_source, None, cache.enabled), _cheap_sha(model_source, base_source, cache.enabled)
-    if cache.enabled and b_sha and m_sha:
-        stats, wt, gated = _from_cache(cache, b_sha, m_sha, probe_obj, prompt_list, settings, dtype, device)
-        described = cache.entry(_weights_key(b_sha, m_sha, probe_obj.sha256)).load_meta()
+    stats = wt = gated = described = None
+    if cache.enabled:
+        stats, wt, gated = _from_cache(cache, base_src, model_src, probe_obj, prompt_list, settings, dtype, device)
+        described = cache.entry(_weights_key(base_src, model_src, probe_obj.sha256, dtype, device)).load_meta()
 
     base = model = None
     parity = None
     if stats is None:
-        base = load_model(base_source, device=device, dtype=dtype, memo=cache.enabled)
-        model = load_model(model_source, device=device, dtype=dtype, base=base_source, memo=cache.enabled)
+        base = load_model(base_src, device=device, dtype=dtype, memo=False)
+        model = load_model(model_src, device=device, dtype=dtype, memo=False)
+        base_src, model_src = base.record, model.record  # a hub id fetched just now is hashed now
         check_pair(base, model)
         probe_obj = probe if isinstance(probe, Probe) else load_probe(probe, d_model=base.d_model)
         if check_parity:
@@ -87,56 +94,93 @@ def analyze(base_source: str, model_source: str, probe: str | Path | Probe, prom
         wt = weight_terms(base, model, probe_obj)
         gated = base.gated
         if cache.enabled:
-            _save_weights(cache, base.sha256, model.sha256, probe_obj.sha256, wt, gated)
-            cache.entry(_weights_key(base.sha256, model.sha256, probe_obj.sha256)).save_meta(
-                {"base": base.describe(), "model": model.describe()})
-        b_sha, m_sha = base.sha256, model.sha256
+            entry = cache.entry(_weights_key(base_src, model_src, probe_obj.sha256, dtype, device))
+            _save_weights(entry, wt, gated)
+            entry.save_meta({"base": base.describe(), "model": model.describe()})
 
     attr = attribute(stats, wt)
     prov = {
         "created": now_utc(),
         "base": base.describe() if base else (described or {}).get("base") or {
-            "source": str(parse_source(base_source)), "sha256": b_sha, "gated_mlp": gated},
-        "model": model.describe() if model else (described or {}).get("model") or {
-            "source": str(parse_source(model_source, base=base_source)), "sha256": m_sha},
+            **base_src.describe(), "gated_mlp": gated},
+        "model": model.describe() if model else (described or {}).get("model") or model_src.describe(),
         "probe": probe_summary(probe_obj),
-        "prompts": {"source": str(prompts) if not isinstance(prompts, list) else "<list>",
+        "prompts": {"source": display_path(prompts) if not isinstance(prompts, (list, tuple)) else "<list>",
                     "n": len(prompt_list), "sha256": prompts_sha256(prompt_list)},
         "settings": {**settings.key(), "batch_size": settings.batch_size, "device": device,
                      "dtype": dtype, "accumulation": "float64", "decoding": "greedy, no early stop",
-                     "weight_processing": WEIGHT_PROCESSING, "seeds": "none needed (greedy, deterministic)"},
+                     "weight_processing": WEIGHT_PROCESSING, "seeds": "none needed (greedy, deterministic)",
+                     "bit_stability": BIT_STABILITY},
         "statistics": stats.provenance,
         "from_cache": base is None,
         "parity_max_abs_logit_diff": parity,
         "versions": package_versions(),
     }
-    return NeuronAnalysis(stats, wt, attr, summarize(attr, top_k=top_k), prov, base, model)
+    # Sources as the report shows them, whether the models were loaded or read from the cache.
+    prov["base"]["source"], prov["model"]["source"] = base_src.label, model_src.label
+    return NeuronAnalysis(stats, wt, attr, summarize(attr, top_k=top_k), prov, base, model,
+                          (base_src, model_src), device, dtype)
 
 
-def _from_cache(cache, b_sha, m_sha, probe, prompts, settings, dtype, device):
-    from .stats import _stack, chunk_ranges
+# Batch size and which chunks were resumed change the order of float64 additions, so the last
+# bits of a sum can differ between runs that differ only in these (measured: <= 1.4e-8 relative).
+BIT_STABILITY = ("float64 sums are identical for identical settings; batch size and resumed chunks "
+                 "can change the last bits (<= 1.4e-8 relative)")
 
-    entry = cache.entry(_weights_key(b_sha, m_sha, probe.sha256))
+
+def _from_cache(cache, base: Source, model: Source, probe, prompts, settings, dtype, device):
+    entry = cache.entry(_weights_key(base, model, probe.sha256, dtype, device))
     w = entry.load_chunk(0)
     if w is None:
         return None, None, None
-    key = stats_key(_Hashed(b_sha, dtype, device), _Hashed(m_sha, dtype, device), probe, prompts, settings)
+    key = stats_key(_Hashed(base.sha256, dtype, device), _Hashed(model.sha256, dtype, device), probe, prompts,
+                    settings)
     sentry = cache.entry(key)
     ranges = chunk_ranges(len(prompts), settings.max_chunks)
     chunks = [sentry.load_chunk(k) for k in range(len(ranges))]
     if any(c is None for c in chunks):
         return None, None, None
-    stats = PairStats(_stack(chunks, "base_"), _stack(chunks, "model_"), settings, ranges,
+    stats = PairStats(stack_chunks(chunks, "base_"), stack_chunks(chunks, "model_"), settings, ranges,
                       {"cache_key": key, "cache_digest": sentry.digest, "mlp_out_hook": MLP_OUT_HOOK,
                        "positions_read": POSITIONS_READ})
     wt = WeightTerms(**{k: np.asarray(w[k]) for k in WeightTerms.__dataclass_fields__})
     return stats, wt, bool(w["gated_mlp"])
 
 
-def _save_weights(cache, b_sha, m_sha, p_sha, wt: WeightTerms, gated: bool) -> None:
-    entry = cache.entry(_weights_key(b_sha, m_sha, p_sha))
+class _Hashed:
+    """What ``stats_key`` reads of a model, before any model is loaded."""
+
+    def __init__(self, sha256, dtype, device):
+        self.sha256, self.dtype, self.device = sha256, dtype, device
+
+
+def _save_weights(entry, wt: WeightTerms, gated: bool) -> None:
     arrays = {k: getattr(wt, k) for k in WeightTerms.__dataclass_fields__}
     entry.save_chunk(0, {**arrays, "gated_mlp": np.array(int(gated))})
+
+
+def sidecar_path(out: str | Path) -> Path:
+    """``neurons.csv`` -> ``neurons.json``; the table itself must not be named ``.json``."""
+    from .errors import OutputPathError
+
+    out = Path(out)
+    if out.suffix.lower() == ".json":
+        raise OutputPathError(f"--out {str(out)!r}: the table is CSV and its JSON sidecar would take this name; "
+                              "name the table .csv (the sidecar is written beside it as .json).")
+    return out.with_suffix(".json")
+
+
+def check_out_path(out: str | Path, inputs: dict[str, str | Path | None]) -> None:
+    """Refuse an output (or its sidecar) that is one of the inputs, or a directory."""
+    from .errors import OutputPathError
+
+    out = Path(out).expanduser()
+    targets = {out.resolve(), sidecar_path(out).resolve()}
+    if out.is_dir():
+        raise OutputPathError(f"--out {str(out)!r} is a directory; expected a file path such as neurons.csv.")
+    for opt, p in inputs.items():
+        if p and Path(str(p)).expanduser().resolve() in targets:
+            raise OutputPathError(f"--out {str(out)!r} would overwrite {opt} ({p}); choose another path.")
 
 
 def write_neuron_csv(analysis: NeuronAnalysis, path: str | Path) -> Path:
@@ -153,6 +197,7 @@ def write_neuron_csv(analysis: NeuronAnalysis, path: str | Path) -> Path:
     from .cache import atomic_write_text
 
     path = Path(path)
+    sidecar = sidecar_path(path)
     table = analysis.attribution.table()
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -162,7 +207,6 @@ def write_neuron_csv(analysis: NeuronAnalysis, path: str | Path) -> Path:
     for row in zip(*cols):
         writer.writerow([f(v) for f, v in zip(fmt, row)])
     atomic_write_text(path, buf.getvalue())
-    sidecar = path.with_suffix(".json")
     atomic_write_text(sidecar, json.dumps({"columns": list(CSV_COLUMNS), "provenance": analysis.provenance,
                                            "summary": analysis.summary}, indent=2, default=str))
     return sidecar

@@ -34,11 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .choices import GROUPS_A, GROUPS_B
 from .errors import NumericalError
 
-CELLS = ("TP", "TN", "AP", "AN")
-GROUPS_A = ("TP-", "TN+", "AP+", "AN-", "TP+", "TN-", "AP-", "AN+")  # first four reduce
-GROUPS_B = ("TP↓", "TN↓", "AP↓", "AN↓", "TP↑", "TN↑", "AP↑", "AN↑")  # first four reduce
 EXCLUDED = -1
 CSV_COLUMNS = ("layer", "neuron", "cos", "act_base", "act_dpo", "proj_base", "proj_dpo",
                "delta", "group_a", "group_b")

@@ -82,6 +82,45 @@ def load_arrays(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, meta
 
 
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+MEMO_FILE = "file-hashes.json"
+
+
+def sha256_file_memo(path: str | Path, memo_dir: str | Path | None) -> str:
+    """sha256 of a file, memoised in ``memo_dir/file-hashes.json`` by (path, size, mtime), so a
+    large checkpoint is hashed once. ``memo_dir=None`` hashes without reading or writing a memo.
+    An unreadable or malformed memo is treated as absent (and rewritten), never trusted."""
+    if memo_dir is None:
+        return sha256_file(path)
+    p = Path(path).resolve()
+    st = p.stat()
+    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    memo_file = Path(memo_dir).expanduser() / MEMO_FILE
+    try:
+        memo = json.loads(memo_file.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if not isinstance(memo, dict):
+        memo = {}
+    digest = memo.get(key)
+    if isinstance(digest, str) and len(digest) == 64:
+        return digest
+    digest = sha256_file(p)
+    memo[key] = digest
+    try:
+        atomic_write_text(memo_file, json.dumps(memo, sort_keys=True))
+    except OSError:
+        pass  # a read-only cache only costs speed
+    return digest
+
+
 def key_digest(key: dict[str, Any]) -> str:
     """sha256 of a canonical JSON rendering of ``key``."""
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()

@@ -18,10 +18,18 @@ every bootstrap resample of prompt chunks) and a ``ClaimContext`` to one value p
 
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import dataclass, field, replace
 from typing import Callable
+
+from .errors import ConfigError
+
+#: A share of a reduction far outside [0, 1] (beyond [-1, 2]) means the denominator is tiny or
+#: the quantities are not what the claim assumes (e.g. signed scores): not a verdict.
+SHARE_RANGE = (-1.0, 2.0)
+#: What a claim's metric reads: activations and weights (the attribution), or generations under
+#: interventions (``mechclaims.behaviour``; perplexity is measured with them when a text is given).
+NEEDS = ("A", "G")
 
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
@@ -34,13 +42,19 @@ class Check:
     op: str
     threshold: float
     label: str = ""  # how the metric is shown, e.g. "max share of a ↓ group"
+    #: The range inside which the value means what the claim says (a share of a reduction:
+    #: SHARE_RANGE). A value outside it is flagged in the report and never counts as a pass.
+    valid: tuple[float, float] | None = None
 
     def __post_init__(self):
         if self.op not in OPS:
-            raise ValueError(f"check {self.name!r}: op must be one of {sorted(OPS)}, got {self.op!r}")
+            raise ConfigError(f"check {self.name!r}: op must be one of {sorted(OPS)}, got {self.op!r}")
 
     def holds(self, value: float) -> bool:
         return bool(OPS[self.op](value, self.threshold))
+
+    def in_range(self, value: float) -> bool:
+        return self.valid is None or self.valid[0] <= value <= self.valid[1]
 
     def bound(self, lo: float, hi: float) -> float:
         """The interval end that must satisfy the check under --strict (the pessimistic one)."""
@@ -68,17 +82,13 @@ class ClaimSpec:
     metric: Callable = field(compare=False)
     applies: Callable | None = field(default=None, compare=False)
     family: str = ""
-    needs: str = "A"  # A: activations and weights; G: generation + scorer; P: perplexity
-
-    @property
-    def nodeid_name(self) -> str:
-        return f"{self.id}-{self.slug}"
+    needs: str = "A"  # one of NEEDS
 
     def with_thresholds(self, overrides: dict[str, float]) -> "ClaimSpec":
         names = {c.name for c in self.checks}
         unknown = sorted(set(overrides) - names)
         if unknown:
-            raise KeyError(f"claim {self.id} has no check named {unknown}; its checks are {sorted(names)}")
+            raise ConfigError(f"claim {self.id} has no check named {unknown}; its checks are {sorted(names)}")
         return replace(self, checks=tuple(replace(c, threshold=float(overrides.get(c.name, c.threshold)))
                                           for c in self.checks))
 
@@ -86,6 +96,9 @@ class ClaimSpec:
 def claim(id: str, slug: str, *, statement: str, checks: list[Check], source: str, paper_value: str,
           applies: Callable | None = None, needs: str = "A"):
     """Declare a claim; returns a pytest test function named like the metric function."""
+
+    if needs not in NEEDS:
+        raise ConfigError(f"claim {id}: needs must be one of {NEEDS}, got {needs!r}.")
 
     def decorate(metric: Callable):
         spec = ClaimSpec(id=id, slug=slug, statement=statement, checks=tuple(checks), source=source,
@@ -104,9 +117,3 @@ def claim(id: str, slug: str, *, statement: str, checks: list[Check], source: st
 
     return decorate
 
-
-def is_finite(x) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False

@@ -11,12 +11,13 @@ import argparse
 import json
 import sys
 
+from .choices import DTYPES, POSITION_MODES
 from .errors import MechclaimsError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default: cpu)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "float64"),
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="model dtype; statistics are always accumulated in float64")
 
 
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--model", required=True, help="fine-tuned model source (or a weights file for --base)")
     n.add_argument("--probe", required=True, help="probe file (.safetensors, .npy, .pt)")
     n.add_argument("--prompts", required=True, help="prompts (.jsonl with a 'prompt' field, or .txt)")
-    n.add_argument("--positions", default="own", choices=("own", "shared"),
+    n.add_argument("--positions", default="own", choices=POSITION_MODES,
                    help="own: each model on its own greedy continuation (paper); "
                         "shared: both on the model's continuation (Lee et al.)")
     n.add_argument("--max-new-tokens", type=int, default=20)
@@ -68,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _neurons(args) -> int:
-    from .analysis import analyze, write_neuron_csv
+    from .analysis import analyze, check_out_path, write_neuron_csv
     from .stats import StatsSettings
+
+    check_out_path(args.out, {"--probe": args.probe, "--prompts": args.prompts, "--model": args.model,
+                              "--base": args.base})
 
     settings = StatsSettings(positions=args.positions, max_new_tokens=args.max_new_tokens,
                              max_prompt_tokens=args.max_prompt_tokens, max_chunks=args.chunks,

@@ -15,13 +15,15 @@ Precedence: command line > ``--claims-config`` file > ``[tool.mechclaims]`` in t
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from .errors import MechclaimsError
+from .choices import DTYPES, PATCH_POSITIONS, POSITION_MODES
+from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,10 +31,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_ORGANISM = "gpt2"
-
-
-class ConfigError(MechclaimsError):
-    """A claim-run option or threshold that is unknown or malformed."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +69,10 @@ class ClaimsConfig:
 
 
 _FIELDS = {f.name: f for f in fields(ClaimsConfig)}
-_CHOICES = {"positions": ("own", "shared"), "dtype": ("float32", "bfloat16", "float16", "float64"),
-            "patch_positions": ("generated", "all")}
+_CHOICES = {"positions": POSITION_MODES, "dtype": DTYPES, "patch_positions": PATCH_POSITIONS}
+
+
+_MINIMUM = {"max_new_tokens": 1, "max_prompt_tokens": 1, "batch_size": 1, "bootstrap": 0, "top_k": 1, "seed": 0}
 
 
 def _coerce(name: str, value, origin: str):
@@ -80,22 +80,45 @@ def _coerce(name: str, value, origin: str):
         raise ConfigError(f"unknown mechclaims setting {name!r} in {origin}; known settings: "
                           f"{sorted(_FIELDS)}.")
     default = getattr(ClaimsConfig(), name)
-    try:
-        if name == "thresholds":
-            return value
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                value = value.lower() in ("1", "true", "yes")
-            return bool(value)
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"setting {name} in {origin} must be a number, got {value!r}.") from exc
+    if name == "thresholds":
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise ConfigError(f"setting {name} in {origin} must be true or false, got {value!r}.")
+            value = value.lower() in ("1", "true", "yes")
+        return bool(value)
+    if isinstance(default, int):
+        value = _integer(name, value, origin)
+        if value < _MINIMUM.get(name, value):
+            raise ConfigError(f"setting {name} in {origin} must be at least {_MINIMUM[name]}, got {value}.")
+        return value
+    if isinstance(default, float):
+        return _finite(value, f"setting {name} in {origin}")
     if name in _CHOICES and value not in _CHOICES[name]:
         raise ConfigError(f"setting {name} in {origin} must be one of {_CHOICES[name]}, got {value!r}.")
     return value
+
+
+def _integer(name: str, value, origin: str) -> int:
+    """A whole number: ``2.7`` or ``"2.7"`` is an error, not 2."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        f = math.nan
+    if isinstance(value, bool) or not math.isfinite(f) or f != int(f):
+        raise ConfigError(f"setting {name} in {origin} must be a whole number, got {value!r}.")
+    return int(f)
+
+
+def _finite(value, what: str) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        f = math.nan
+    if isinstance(value, bool) or not math.isfinite(f):
+        raise ConfigError(f"{what} must be a finite number, got {value!r}.")
+    return f
 
 
 def read_toml_settings(path: str | Path, *, section_optional: bool = True) -> dict:
@@ -116,20 +139,18 @@ def normalise_thresholds(raw: Mapping[str, Any], origin: str) -> dict[str, dict[
     out: dict[str, dict[str, float]] = {}
     for key, val in (raw or {}).items():
         cid, _, check = str(key).partition(".")
-        try:
-            if isinstance(val, Mapping):
-                for ck, cv in val.items():
-                    out.setdefault(cid, {})[str(ck)] = float(cv)
-            else:
-                out.setdefault(cid, {})[check or "*"] = float(val)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"threshold {key} in {origin} must be a number, got {val!r}.") from exc
+        if isinstance(val, Mapping):
+            for ck, cv in val.items():
+                out.setdefault(cid, {})[str(ck)] = _finite(cv, f"threshold {key}.{ck} in {origin}")
+        else:
+            out.setdefault(cid, {})[check or "*"] = _finite(val, f"threshold {key} in {origin}")
     return out
 
 
 def build_config(cli: Mapping[str, Any], *, claims_config: str | None = None,
                  pyproject: str | Path | None = None) -> ClaimsConfig:
-    """Merge the layers and resolve the organism defaults (base, probe, prompts)."""
+    """Merge the layers into one frozen config (no file is opened but the TOML ones; sources,
+    probe and prompts are resolved by ``runspec.resolve_run``)."""
     merged: dict[str, Any] = {}
     thresholds: dict[str, dict[str, float]] = {}
     layers = []
@@ -146,31 +167,4 @@ def build_config(cli: Mapping[str, Any], *, claims_config: str | None = None,
                 continue
             merged[name] = _coerce(name, value, origin)
     merged["thresholds"] = MappingProxyType({k: MappingProxyType(v) for k, v in thresholds.items()})
-    return _resolve_defaults(ClaimsConfig(**merged))
-
-
-def _resolve_defaults(cfg: ClaimsConfig) -> ClaimsConfig:
-    from dataclasses import replace
-
-    model = cfg.model
-    if model.startswith("organism:"):
-        from . import organism
-
-        name = model[len("organism:"):]
-        base = cfg.base or f"organism:{organism.base_of(name)}"
-        arch = organism.base_of(name).split("-")[0]
-        d = organism.organism_dir(arch)
-        probe = cfg.probe or str(d / "probe.safetensors")
-        prompts = cfg.prompts or str(d / "prompts.jsonl")
-        scorer = f"lexicon:{d / 'lexicon.txt'}" if cfg.scorer == "auto" else cfg.scorer
-        ppl_text = cfg.ppl_text or str(d / "heldout.txt")
-        return replace(cfg, base=base, probe=probe, prompts=prompts, scorer=scorer, ppl_text=ppl_text)
-    missing = [opt for opt, val in (("--base", cfg.base), ("--probe", cfg.probe), ("--prompts", cfg.prompts))
-               if not val]
-    if missing:
-        raise ConfigError(
-            f"--model {model!r} is not an organism, so {', '.join(missing)} must be given: the "
-            "base checkpoint it was fine-tuned from, a probe direction for its d_model, and the "
-            "prompts to generate from (e.g. RealToxicityPrompts' challenge subset as .jsonl)."
-        )
-    return cfg
+    return ClaimsConfig(**merged)

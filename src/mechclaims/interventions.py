@@ -49,19 +49,16 @@ from functools import partial
 
 import numpy as np
 
-from .errors import MechclaimsError
+from .choices import CELLS, HOOK_POSITIONS
+from .errors import InterventionError
 
-POSITIONS = ("all", "last")
 SELECT_RULES = ("paper", "largest")
-EDIT_CELLS = ("TP", "TN", "AP", "AN")      # codes 0..3, as attribution's sign cells
+EDIT_CELLS = CELLS                          # codes 0..3, as attribution's sign cells
+POSITIONS = HOOK_POSITIONS
 _SHRINK = np.array([True, False, False, True])  # TP, AN shrink; TN, AP grow
 _PAPER_LARGEST = np.array([True, False, False, True])  # paper: largest |cos| in TP, AN only
 GATED_PARTS = ("gate", "up", "both")
 _IN_NAMES = ("c_fc", "fc_in", "fc1", "dense_h_to_4h", "w1")  # non-gated MLP input layers
-
-
-class InterventionError(MechclaimsError):
-    """An intervention that cannot be applied as asked (bad neurons, values, shapes, layers)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,6 +103,17 @@ def neuron_index(model_or_shape, neurons) -> np.ndarray:
     if np.unique(flat).size != flat.size:
         raise InterventionError("neuron indices contain duplicates; each neuron may appear once.")
     return flat
+
+
+@contextmanager
+def _removing_hooks():
+    """A list to append hook handles to; every one is removed on exit, whatever happens."""
+    handles: list = []
+    try:
+        yield handles
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _check_positions(positions: str) -> None:
@@ -189,8 +197,7 @@ def patch_neurons(model, neurons, values, *, positions: str = "all"):
         raise InterventionError("patch values contain NaN or inf.")
     device, dtype = _device_dtype(model)
     vals = vals.to(device=device, dtype=dtype)
-    handles = []
-    try:
+    with _removing_hooks() as handles:
         for layer, local, cols in _per_layer(flat, L, D):
             idx = torch.as_tensor(local, device=device)
             v = vals[..., torch.as_tensor(cols, device=device)]
@@ -199,9 +206,6 @@ def patch_neurons(model, neurons, values, *, positions: str = "all"):
             hook = cls(layer, idx, v, positions, D)
             handles.append(proj.register_forward_pre_hook(hook, prepend=True))
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _check_width(x, layer: int, D: int) -> None:
@@ -290,8 +294,6 @@ def record_neurons(model, neurons=None, *, positions: str = "all"):
     L, D = _shape(model)
     flat = np.arange(L * D, dtype=np.int64) if neurons is None else neuron_index(model, neurons)
     rec = NeuronRecording(flat, L, D)
-    handles = []
-
     def hook(layer, idx, store, module, args):
         x = args[0]
         _check_width(x, layer, D)
@@ -299,15 +301,12 @@ def record_neurons(model, neurons=None, *, positions: str = "all"):
         store.append(sel.detach().clone())
 
     device, _ = _device_dtype(model)
-    try:
+    with _removing_hooks() as handles:
         for layer, (local, _cols, store) in rec._parts.items():
             idx = torch.as_tensor(local, device=device)
             proj = model.stat_modules[layer][1]
             handles.append(proj.register_forward_pre_hook(partial(hook, layer, idx, store)))
         yield rec
-    finally:
-        for h in handles:
-            h.remove()
 
 
 # --------------------------------------------------------------------------------------------
@@ -491,14 +490,10 @@ def subtract_direction(model, direction, scale: float, *, layer=-1, positions: s
             y[:, -1] -= delta.to(y.dtype)
         return y
 
-    handles = []
-    try:
+    with _removing_hooks() as handles:
         for lay in sorted({int(x) % L for x in layers}):
             handles.append(model.stat_modules[lay][1].register_forward_hook(hook, prepend=True))
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ so the value vectors are exactly the checkpoint's ``c_proj`` / ``down_proj`` row
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -26,13 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .choices import DTYPES
 from .errors import IncompatibleCheckpoints, ModelSourceError, UnsafeCheckpoint
+from .sources import Source, SourceSpec, as_source, hub_id_sha256, parse_source, resolve_source  # noqa: F401
 
 WEIGHT_PROCESSING = "raw HF weights (TransformerBridge default; no compatibility mode)"
-DTYPES = ("float32", "bfloat16", "float16", "float64")
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-# Files whose bytes define a checkpoint's behaviour; hashed for the content address.
-_HASHED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".model", ".txt")
 
 
 @dataclass
@@ -52,6 +51,7 @@ class LoadedModel:
     # plain HF module that shares its weights with the bridge. The projection's input is
     # hook_post, its output mlp.out.hook_out; the block's output is hook_resid_post.
     stat_modules: list = field(default_factory=list, repr=False)
+    record: Source | None = None  # the resolved source this model was loaded from
 
     @property
     def cfg(self):
@@ -108,83 +108,6 @@ class LoadedModel:
 
 
 # --------------------------------------------------------------------------------------------
-# Source parsing
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """A parsed model source. ``kind`` is one of ``dir``, ``hub``, ``weights``, ``organism``."""
-
-    kind: str
-    location: str
-    base: "SourceSpec | None" = None
-
-    def __str__(self) -> str:
-        if self.kind == "weights":
-            return f"{self.base}::{self.location}"
-        if self.kind == "organism":
-            return f"organism:{self.location}"
-        return self.location
-
-
-def parse_source(source: str, *, base: str | None = None) -> SourceSpec:
-    """Parse a model source string; ``base`` completes a bare weights file.
-
-    Raises ModelSourceError for a path that looks local but does not exist, or a weights file
-    with no base to load it onto.
-    """
-    if not isinstance(source, str) or not source.strip():
-        raise ModelSourceError(
-            f"model source {source!r} is empty; expected a local HF directory, a hub id, "
-            "BASE::WEIGHTS, or organism:NAME."
-        )
-    source = source.strip()
-    if source.startswith("organism:"):
-        return SourceSpec("organism", source[len("organism:"):])
-    if "::" in source:
-        base_part, weights = source.rsplit("::", 1)
-        return SourceSpec("weights", _check_weights_path(weights), parse_source(base_part))
-    if source.lower().endswith(WEIGHT_SUFFIXES):
-        if base is None:
-            raise ModelSourceError(
-                f"{source!r} is a bare weights file; it needs the architecture it belongs to. "
-                f"Write BASE::{source} (for example gpt2-medium::{source}) or give it as the "
-                "model of a pair whose --base names that architecture."
-            )
-        return SourceSpec("weights", _check_weights_path(source), parse_source(base))
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ModelSourceError(
-                f"{source!r} is a directory but has no config.json; expected a Hugging Face "
-                "model directory written by save_pretrained()."
-            )
-        return SourceSpec("dir", str(path.resolve()))
-    looks_local = (source.startswith((".", "/", "~")) or os.sep + os.sep in source
-                   or source.count("/") > 1 or path.suffix.lower() in _HASHED_SUFFIXES)
-    if looks_local:
-        raise ModelSourceError(
-            f"model path {source!r} does not exist (looked at {path.resolve()}). Expected a "
-            "local HF directory, a hub id such as gpt2-medium, BASE::WEIGHTS, or organism:NAME."
-        )
-    return SourceSpec("hub", source)
-
-
-def _check_weights_path(weights: str) -> str:
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise ModelSourceError(
-            f"weights file {weights!r} does not exist (looked at {path.resolve()}); expected a "
-            ".safetensors or .pt file with a state dict for the base architecture."
-        )
-    if not path.name.lower().endswith(WEIGHT_SUFFIXES):
-        raise ModelSourceError(
-            f"weights file {weights!r} has an unknown suffix; expected one of {WEIGHT_SUFFIXES}."
-        )
-    return str(path.resolve())
-
-
-# --------------------------------------------------------------------------------------------
 # Opening the HF model
 
 
@@ -196,8 +119,32 @@ def _torch_dtype(dtype: str):
     return getattr(torch, dtype)
 
 
+# Model families this tool reads (config.json ``model_type``); each must be a causal LM.
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "gemma", "gemma2")
+# Files of which at least one group must be present for a directory's tokenizer to be usable
+# (tokenizer_config.json alone holds no vocabulary).
+_TOKENIZER_FILE_GROUPS = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("tokenizer.model",))
+_TOKENIZER_FILES_LOOKED_FOR = "tokenizer.json, tokenizer_config.json, vocab.json+merges.txt, tokenizer.model"
+# A tokenizer with fewer tokens than this fraction of config.vocab_size is a stand-in, not the
+# model's (transformers builds a 1-token tokenizer when the files are missing).
+_MIN_TOKENIZER_FRACTION = 0.5
+
+
 def open_hf(spec: SourceSpec, *, dtype: str = "float32"):
-    """Open a fresh plain HF causal LM and tokenizer for ``spec``; returns (model, tokenizer, info)."""
+    """Open a fresh plain HF causal LM and tokenizer for ``spec``; returns (model, tokenizer, info).
+
+    Before any weights are read, a ``dir`` or ``hub`` source is checked from its config.json
+    and tokenizer: ``model_type`` must be one of ``SUPPORTED_MODEL_TYPES`` and every listed
+    architecture a causal LM (``*ForCausalLM`` or ``GPT2LMHeadModel``), else UnsupportedModel;
+    a directory must hold tokenizer files and the tokenizer must cover at least half of
+    ``config.vocab_size``, else ModelSourceError. A ``weights`` source takes its architecture
+    and tokenizer from its base; ``organism`` sources are the project's own and skip the checks.
+
+    A directory whose weights are only pickled ``pytorch_model*.bin`` files (no
+    ``.safetensors``) is never handed to transformers' loader: its state dict is read with
+    ``load_state_dict`` (``torch.load(weights_only=True)``) into a model built from its config,
+    so a pickle that carries code raises UnsafeCheckpoint before any of it runs.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -213,9 +160,41 @@ def open_hf(spec: SourceSpec, *, dtype: str = "float32"):
         state = load_state_dict(spec.location)
         _load_into(hf, state, spec.location)
         return hf.eval(), tok, {}
-    try:
-        hf = AutoModelForCausalLM.from_pretrained(spec.location, dtype=tdtype)
+    config, where = _read_hf_config(spec)
+    _check_family(config, where)
+    if spec.kind == "dir":
+        _check_tokenizer_files(Path(spec.location))
+    with _hf_load_errors(spec):
         tok = AutoTokenizer.from_pretrained(spec.location)
+    _check_tokenizer_size(tok, config, spec)
+    pickled = _pickled_weight_files(Path(spec.location)) if spec.kind == "dir" else []
+    if pickled:
+        return _open_pickled_dir(spec, pickled, tdtype).eval(), tok, {}
+    if spec.kind == "dir":
+        for f in sorted(Path(spec.location).glob("*.safetensors")):
+            _check_safetensors_header(str(f))
+    with _hf_load_errors(spec):
+        hf = AutoModelForCausalLM.from_pretrained(spec.location, dtype=tdtype)
+    return hf.eval(), tok, {}
+
+
+@contextlib.contextmanager
+def _hf_load_errors(spec: SourceSpec):
+    """Turn transformers' errors for a ``dir``/``hub`` source into ModelSourceError types."""
+    import pickle
+
+    from .errors import MechclaimsError
+
+    try:
+        yield
+    except MechclaimsError:
+        raise
+    except pickle.UnpicklingError as exc:  # a hub snapshot holding a pickle that carries code
+        raise UnsafeCheckpoint(
+            f"refused to load {spec.location!r}: its weights are a pickle that "
+            f"torch.load(weights_only=True) refuses. {_torch_refusal_text(exc)} Use a "
+            "checkpoint with .safetensors weights (convert it where it came from)."
+        ) from exc
     except OSError as exc:
         if spec.kind == "hub":
             offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
@@ -230,40 +209,139 @@ def open_hf(spec: SourceSpec, *, dtype: str = "float32"):
                 )
             ) from exc
         raise ModelSourceError(f"could not load the HF model in {spec.location!r}: {exc}") from exc
-    return hf.eval(), tok, {}
+    except Exception as exc:  # noqa: BLE001 - e.g. SafetensorError from a broken weights file
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise ModelSourceError(
+            f"could not load the weights of {spec.location!r}: a .safetensors file is truncated "
+            f"or not a safetensors file ({exc}); expected complete weights files. "
+            "Re-download or re-save the model."
+        ) from exc
+
+
+def _read_hf_config(spec: SourceSpec) -> tuple[dict, str]:
+    """config.json of a ``dir`` (read as JSON) or ``hub`` source (through AutoConfig, which
+    reads the local cache offline), and where it was read, without touching any weights."""
+    if spec.kind == "dir":
+        path = Path(spec.location) / "config.json"
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelSourceError(
+                f"{path}: could not read the model config ({type(exc).__name__}: {exc}); expected "
+                "the config.json JSON object that save_pretrained() writes. Re-save the model or "
+                "restore the file."
+            ) from exc
+        if not isinstance(config, dict):
+            raise ModelSourceError(
+                f"{path}: got a JSON {type(config).__name__}; expected a JSON object (the "
+                "config.json that save_pretrained() writes). Re-save the model."
+            )
+        return config, str(path)
+    from transformers import AutoConfig
+
+    with _hf_load_errors(spec):
+        try:
+            config = AutoConfig.from_pretrained(spec.location)
+        except (ValueError, KeyError) as exc:  # a model_type transformers does not know
+            from .errors import UnsupportedModel
+
+            raise UnsupportedModel(
+                f"{spec.location!r}: transformers cannot read its config ({exc}); expected a "
+                f"causal LM with model_type one of {SUPPORTED_MODEL_TYPES}. Use a checkpoint of "
+                "a supported family."
+            ) from exc
+    return config.to_dict(), f"{spec.location} (config.json)"
+
+
+def _check_family(config: dict, where: str) -> None:
+    """UnsupportedModel unless ``config`` describes a causal LM of a supported family."""
+    from .errors import UnsupportedModel
+
+    model_type = config.get("model_type")
+    archs = config.get("architectures") or []
+    causal = all(isinstance(a, str) and (a.endswith("ForCausalLM") or a == "GPT2LMHeadModel")
+                 for a in archs)
+    if model_type not in SUPPORTED_MODEL_TYPES or not causal:
+        raise UnsupportedModel(
+            f"{where}: got model_type {model_type!r} with architectures {archs}; expected a "
+            f"causal language model with model_type one of {', '.join(SUPPORTED_MODEL_TYPES)} "
+            "(architecture *ForCausalLM or GPT2LMHeadModel). Encoders (BERT, DistilBERT), "
+            "encoder-decoders (T5) and other families (OPT, ...) are not supported: pick a "
+            "checkpoint of a supported causal LM family."
+        )
+
+
+def _check_tokenizer_files(directory: Path) -> None:
+    """ModelSourceError unless ``directory`` holds files that define a tokenizer vocabulary."""
+    if any(all((directory / name).is_file() for name in group) for group in _TOKENIZER_FILE_GROUPS):
+        return
+    found = sorted(f.name for f in directory.iterdir() if f.is_file())
+    raise ModelSourceError(
+        f"{directory}: got no usable tokenizer files (found {found}); expected "
+        f"{_TOKENIZER_FILES_LOOKED_FOR} (a vocabulary: tokenizer.json, vocab.json+merges.txt or "
+        "tokenizer.model). Without them transformers builds a stand-in tokenizer that turns "
+        "every prompt into BOS alone. Save the tokenizer next to the model "
+        "(tokenizer.save_pretrained(directory))."
+    )
+
+
+def _check_tokenizer_size(tok, config: dict, spec: SourceSpec) -> None:
+    """ModelSourceError when the tokenizer is far smaller than the model's vocabulary."""
+    vocab_size = config.get("vocab_size")
+    if not isinstance(vocab_size, int) or vocab_size <= 0:
+        return
+    n = len(tok)
+    if n < _MIN_TOKENIZER_FRACTION * vocab_size:
+        raise ModelSourceError(
+            f"{spec.location}: got a tokenizer of {n} tokens for a model with vocab_size "
+            f"{vocab_size}; expected at least {_MIN_TOKENIZER_FRACTION:.0%} of it (the "
+            "model's own tokenizer). The tokenizer files are missing or belong to another "
+            "model: save the model's tokenizer with it (tokenizer.save_pretrained(...))."
+        )
+
+
+def _pickled_weight_files(directory: Path) -> list[Path]:
+    """``pytorch_model*.bin`` weight files of a directory that has no ``.safetensors`` weights."""
+    if any(directory.glob("*.safetensors")):
+        return []
+    return sorted(directory.glob("pytorch_model*.bin"))
+
+
+def _open_pickled_dir(spec: SourceSpec, files: list[Path], tdtype):
+    """Build the model from config and load pickled weights through ``load_state_dict``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with _hf_load_errors(spec):
+        config = AutoConfig.from_pretrained(spec.location)
+    hf = AutoModelForCausalLM.from_config(config, dtype=tdtype)
+    state: dict = {}
+    for f in files:
+        state.update(load_state_dict(str(f)))
+    _load_into(hf, state, str(files[0]) if len(files) == 1 else spec.location)
+    return hf
 
 
 def load_state_dict(path: str) -> dict:
     """Read a state dict from ``.safetensors`` or, safely, from a ``.pt``/``.bin`` file.
 
     ``.pt`` is read with ``torch.load(weights_only=True)``: tensors and plain containers only.
-    A file that needs arbitrary unpickling (classes, functions, code) raises UnsafeCheckpoint.
+    A pickle that needs arbitrary unpickling (classes, functions, code) raises UnsafeCheckpoint;
+    a file that is not a pickle at all (truncated, or another format renamed) and a truncated
+    or garbage ``.safetensors`` raise ModelSourceError.
     Trainer-style wrappers (``{"state": ...}``, ``{"state_dict": ...}``, ``{"model": ...}``)
     and a ``module.`` prefix (DataParallel) are unwrapped.
     """
-    import pickle
-
     import torch
 
     if path.lower().endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        return load_file(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError) as exc:
-        if "weights_only" not in str(exc).lower() and "unpickl" not in str(exc).lower():
-            raise ModelSourceError(
-                f"could not read {path!r} as a torch checkpoint ({type(exc).__name__}: "
-                f"{str(exc)[:200]}); is the file complete?"
-            ) from exc
-        raise UnsafeCheckpoint(f"refused to load {path!r}: {str(exc)[:300]}") from exc
-    except (pickle.UnpicklingError, AttributeError, TypeError) as exc:
-        raise UnsafeCheckpoint(
-            f"refused to load {path!r}: it is not a plain tensor checkpoint and would need "
-            f"arbitrary code execution to unpickle ({type(exc).__name__}: {str(exc)[:200]}). "
-            "Convert it to .safetensors where it came from, or save only model.state_dict()."
-        ) from exc
+        try:
+            return load_file(path)
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: all unreadable
+            raise ModelSourceError(_not_safetensors_message(path, exc)) from exc
+    obj = safe_torch_load(path)
     for key in ("state", "state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -274,6 +352,117 @@ def load_state_dict(path: str) -> dict:
             f"found {type(obj).__name__}."
         )
     return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _not_safetensors_message(path: str, exc: BaseException) -> str:
+    return (
+        f"{path!r} is truncated or not a safetensors file ({type(exc).__name__}: {exc}); "
+        "expected a complete .safetensors file (safetensors.torch.save_file or "
+        "save_pretrained output). Re-download or re-export it."
+    )
+
+
+def _check_safetensors_header(path: str) -> None:
+    """ModelSourceError unless ``path`` has a valid safetensors header covering the file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt"):
+            pass
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...: all unreadable
+        raise ModelSourceError(_not_safetensors_message(path, exc)) from exc
+
+
+def safe_torch_load(path, *, error: type = ModelSourceError):
+    """``torch.load(weights_only=True)``: tensors and plain containers only. A pickle that would
+    need code raises UnsafeCheckpoint; a file that is no torch file raises ``error``."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises KeyError, EOFError, RuntimeError, ...
+        raise _torch_load_error(str(path), exc, error) from exc
+
+
+def _torch_load_error(path: str, exc: BaseException, error: type = ModelSourceError) -> Exception:
+    """The error for a file that ``torch.load(weights_only=True)`` could not read: a pickle
+    that it refuses (UnsafeCheckpoint), or a file that is no torch checkpoint at all."""
+    if "unsupported global" in str(exc).lower() or _is_pickle_file(path):
+        return UnsafeCheckpoint(
+            f"refused to load {path!r}: it is a pickle that torch.load(weights_only=True) "
+            "will not read; reading it would take the unrestricted unpickler, which can run "
+            "arbitrary code. "
+            f"{_torch_refusal_text(exc)} Convert it to .safetensors where it came from, or "
+            "save only model.state_dict() (tensors)."
+        )
+    return error(
+        f"{path!r} is not a torch checkpoint: torch.load could not read it "
+        f"({type(exc).__name__}: {_torch_reason(exc)[:200]}); expected a file written by "
+        "torch.save holding a state dict of tensors. It may be truncated or another format "
+        "under a .pt/.bin name: re-download or re-export it, preferably as .safetensors."
+    )
+
+
+def _is_pickle_file(path: str) -> bool:
+    """True when ``path`` is a pickle stream: a raw pickle (protocol 2+), or torch's zip format
+    holding one. Checked with ``pickletools.dis``, which decodes opcodes and executes none."""
+    import io
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                pkl = [n for n in z.namelist() if n.endswith(".pkl")]
+                if not pkl:
+                    return False
+                stream = io.BytesIO(z.read(pkl[0]))
+        else:
+            stream = open(path, "rb")  # noqa: SIM115 - closed below
+        with stream, open(os.devnull, "w") as sink:
+            if stream.read(1) != b"\x80":  # PROTO: every pickle torch or Python 3 writes
+                return False
+            stream.seek(0)
+            pickletools.dis(stream, out=sink)
+        return True
+    except Exception:  # noqa: BLE001 - any decoding failure: not a pickle
+        return False
+
+
+def _first_paragraph(exc: BaseException) -> str:
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch bolds part of its message
+    return text.strip().split("\n\n")[0].strip()
+
+
+def _torch_reason(exc: BaseException) -> str:
+    """The first sentence of torch's ``WeightsUnpickler error``, else its first paragraph."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
+    if reason and reason.group(1).strip():
+        return re.split(r"(?<=\.)\s+", reason.group(1).strip())[0]
+    return _first_paragraph(exc)
+
+
+def _torch_refusal_text(exc: BaseException) -> str:
+    """torch's reason for refusing a pickle and its warning that ``weights_only=False`` can run
+    arbitrary code, kept whole (not cut mid-sentence)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    sentences = [s.strip() for s in re.split(r"(?<=\.)\s+", text) if s.strip()]
+    parts = [f"torch: {_torch_reason(exc).rstrip('.')}."]
+    for i, s in enumerate(sentences):
+        if "arbitrary code" in s:
+            warning = s.removeprefix("(1) ")
+            if i + 1 < len(sentences) and sentences[i + 1].startswith("Do it only"):
+                warning += " " + sentences[i + 1]
+            parts.append("torch warns: " + warning)
+            break
+    return " ".join(parts)
 
 
 def _load_into(hf, state: dict, path: str) -> None:
@@ -304,80 +493,6 @@ def _load_into(hf, state: dict, path: str) -> None:
 # Hashing
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _memo_path() -> Path:
-    from .cache import default_cache_dir
-
-    return default_cache_dir() / "file-hashes.json"
-
-
-def sha256_file_memo(path: str | Path, memo: bool = True) -> str:
-    """sha256 of a file, memoised by (path, size, mtime) so large checkpoints are hashed once."""
-    from .cache import atomic_write_text
-
-    if not memo:
-        return sha256_file(path)
-    p = Path(path).resolve()
-    st = p.stat()
-    key = f"{p}|{st.st_size}|{st.st_mtime_ns}"
-    memo_file = _memo_path()
-    try:
-        memo = json.loads(memo_file.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    if key in memo:
-        return memo[key]
-    digest = sha256_file(p)
-    memo[key] = digest
-    try:
-        atomic_write_text(memo_file, json.dumps(memo, sort_keys=True))
-    except OSError:
-        pass  # a read-only cache only costs speed
-    return digest
-
-
-def source_sha256(spec: SourceSpec, hf=None, info: dict | None = None, *, memo: bool = True) -> str:
-    """Content hash of a model source (the files that define its weights and config)."""
-    if spec.kind == "organism":
-        return (info or {}).get("sha256") or hashlib.sha256(str(spec).encode()).hexdigest()
-    if spec.kind == "weights":
-        h = hashlib.sha256()
-        h.update(source_sha256(spec.base, memo=memo).encode())
-        h.update(sha256_file_memo(spec.location, memo).encode())
-        return h.hexdigest()
-    if spec.kind == "dir":
-        root = Path(spec.location)
-    else:
-        root = _hub_snapshot_dir(spec.location, hf)
-        if root is None:
-            return hashlib.sha256(f"hub:{spec.location}".encode()).hexdigest()
-    h = hashlib.sha256()
-    for f in sorted(root.rglob("*")):
-        if f.is_file() and f.name.endswith(_HASHED_SUFFIXES):
-            h.update(str(f.relative_to(root)).encode())
-            h.update(sha256_file_memo(f, memo).encode())
-    return h.hexdigest()
-
-
-def _hub_snapshot_dir(repo_id: str, hf) -> Path | None:
-    name_or_path = getattr(getattr(hf, "config", None), "_name_or_path", None)
-    if name_or_path and Path(name_or_path).is_dir():
-        return Path(name_or_path)
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:  # noqa: BLE001 - no snapshot: fall back to the id
-        return None
-
-
 def tokenizer_fingerprint(tokenizer) -> str:
     """Hash of the vocabulary and special-token ids: two tokenizers with equal fingerprints
     map every string to the same ids."""
@@ -392,27 +507,36 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def load_model(
-    source: str,
+    source: "str | Source",
     *,
     device: str = "cpu",
     dtype: str = "float32",
-    base: str | None = None,
+    base: "str | Source | None" = None,
     memo: bool = True,
+    memo_dir: str | Path | None = None,
 ) -> LoadedModel:
     """Load one model source as a TransformerBridge on ``device`` in ``dtype``.
 
-    ``base`` is only needed when ``source`` is a bare weights file.
+    ``source`` is a resolved ``Source`` record (what a run passes) or a string, resolved here.
+    ``base`` is only needed when ``source`` is a bare weights file. File hashes are memoised in
+    ``memo_dir`` (default: the default cache dir; ``memo=False``: no memo).
     """
     import torch
     from transformer_lens.model_bridge import TransformerBridge
 
     torch.set_grad_enabled(False)
-    spec = parse_source(source, base=base)
+    if memo and memo_dir is None:
+        from .cache import default_cache_dir
+
+        memo_dir = default_cache_dir()
+    spec = as_source(source, base=base, memo_dir=memo_dir if memo else None)
     hf, tok, info = open_hf(spec, dtype=dtype)
     if tok.pad_token_id is None:
         # Padding is always masked; any id works, and EOS is what the paper's code used.
         tok.pad_token = tok.eos_token
-    sha = source_sha256(spec, hf, info, memo=memo)
+    if spec.kind == "hub" and spec.sha256 == hub_id_sha256(spec.location):
+        # Not in the local cache when resolved, fetched just now (online): hash the snapshot.
+        spec = resolve_source(Source("hub", spec.location), memo_dir=memo_dir if memo else None)
     hf.to(device)
     # The bridge rewires the module tree it is given in place (its components replace the HF
     # blocks, attention becomes eager). Give it a structural copy that *shares* every parameter
@@ -434,12 +558,13 @@ def load_model(
         bridge=bridge,
         hf_model=hf,
         tokenizer=tok,
-        sha256=sha,
+        sha256=spec.sha256,
         device=str(device),
         dtype=dtype,
         architecture=arch,
         info=info,
         stat_modules=stat_modules,
+        record=spec,
     )
 
 
@@ -511,7 +636,7 @@ def parity_check(model: LoadedModel, tokens=None, *, tolerance: float | None = N
         g = torch.Generator().manual_seed(0)
         tokens = torch.randint(0, model.d_vocab, (2, 12), generator=g)
     tokens = tokens.to(model.device)
-    spec = parse_source(model.source)
+    spec = model.record or as_source(model.source, memo_dir=None)
     plain, _, _ = open_hf(spec, dtype=model.dtype)
     plain.to(model.device)
     with torch.no_grad():

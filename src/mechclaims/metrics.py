@@ -127,3 +127,11 @@ def needs_reduction(a, ctx=None) -> str | None:
     if not gross_reduction(a) > 0:
         return "no neuron reduced the toxicity projection (gross reduction is 0): a share is undefined"
     return None
+
+
+def needs_group_a_reduction(a, ctx=None) -> str | None:
+    """Shares of the four Definition-A reducing groups are undefined when they sum to 0."""
+    _, sums = group_sums(a.group_a, a.delta)
+    if not sums[:4].sum() > 0:
+        return "the four Definition-A reduction groups sum to 0: a share is undefined"
+    return None

@@ -43,13 +43,9 @@ import math
 import os
 from pathlib import Path
 
-from .errors import MechclaimsError
+from .errors import PerplexityError
 
 MAX_WINDOW = 1024
-
-
-class PerplexityError(MechclaimsError):
-    """A perplexity input that cannot be used (empty text, unknown source, bad window)."""
 
 
 def model_context(model) -> int:

@@ -32,8 +32,7 @@ _OPTIONS = (
     ("--claims-config", "claims_config", "TOML file with settings and [thresholds] by claim ID"),
     ("--report", "report", "HTML report path (default reports/claims.html; claims.json beside it)"),
     ("--bootstrap", "bootstrap", "bootstrap resamples for the intervals (default 200)"),
-    ("--scorer", "scorer", "toxicity scorer for the behavioural claims: auto (organism: its lexicon; "
-                           "else probe), lexicon:PATH, detoxify[:original|unbiased|multilingual], probe"),
+    ("--scorer", "scorer", None),  # help from the scorer registry (mechclaims.scoring), at addoption
     ("--ppl-text", "ppl_text", "text file for perplexity (organisms: their held-out text)"),
     ("--patch-positions", "patch_positions", "where interventions act during generation: generated "
                                              "(the paper's: last prompt position + each new token) or all "
@@ -44,19 +43,28 @@ _OPTIONS = (
 def pytest_addoption(parser):
     group = parser.getgroup("mechclaims", "mechclaims claim suite")
     for flag, dest, help_ in _OPTIONS:
-        group.addoption(flag, dest=f"mechclaims_{dest}", default=None, help=help_)
+        group.addoption(flag, dest=f"mechclaims_{dest}", default=None, help=help_ or _scorer_help())
     # pytest owns --strict (its strict mode); we honour it too, and add an unambiguous alias.
     group.addoption("--claims-strict", dest="mechclaims_strict", action="store_true", default=None,
                     help="verdicts use the 95%% interval's pessimistic end, not the point estimate "
                          "(pytest's own --strict turns this on as well)")
 
 
+def _scorer_help() -> str:
+    # The scorer registry's own words; scoring imports numpy only, not torch.
+    from .scoring import scorer_help
+
+    return "toxicity scorer for the behavioural claims: " + scorer_help().replace("%", "%%")
+
+
 class _State:
     def __init__(self):
         self.specs = {}
-        self.config = None
+        self.run = None
         self.suite = None
-        self.error = None
+        self.error = None          # the setup error that stopped the session, if any
+        self.report_paths = None
+        self.stale_removed = []
 
 
 _KEY = pytest.StashKey[_State]()
@@ -67,19 +75,26 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "mechclaims_claim(id): a mechclaims claim test (added automatically)")
 
 
+def _spec(item):
+    return getattr(getattr(item, "function", None), "mechclaims_spec", None)
+
+
 def pytest_itemcollected(item):
-    spec = getattr(getattr(item, "function", None), "mechclaims_spec", None)
+    spec = _spec(item)
     if spec is not None:
-        item.config.stash[_KEY].specs[spec.id] = spec
         item.add_marker(pytest.mark.mechclaims_claim(spec.id))
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items):
+    """Runs after -k/-m deselection: only the selected claims are computed."""
     state = config.stash[_KEY]
+    state.specs = {s.id: s for s in map(_spec, items) if s is not None}
     if not state.specs:
         return
     from .config import build_config
     from .errors import MechclaimsError
+    from .runspec import resolve_run
     from .suite import apply_thresholds
 
     cli = {dest: config.getoption(f"mechclaims_{dest}") for _, dest, _ in _OPTIONS}
@@ -91,14 +106,14 @@ def pytest_collection_modifyitems(session, config, items):
         cfg = build_config(cli, claims_config=claims_config,
                            pyproject=config.rootpath / "pyproject.toml")
         apply_thresholds(state.specs, cfg.thresholds)  # unknown IDs fail before any model work
+        if not os.path.isabs(cfg.report):
+            from dataclasses import replace
+
+            cfg = replace(cfg, report=str(config.invocation_params.dir / cfg.report))
+        _offline_unless_hub(cfg)
+        state.run = resolve_run(cfg)  # every input resolved and checked; no weights loaded
     except MechclaimsError as exc:
         raise pytest.UsageError(f"mechclaims: {exc}") from None
-    if not os.path.isabs(cfg.report):
-        from dataclasses import replace
-
-        cfg = replace(cfg, report=str(config.invocation_params.dir / cfg.report))
-    _offline_unless_hub(cfg)
-    state.config = cfg
 
 
 def _pytest_strict(config) -> bool:
@@ -110,7 +125,7 @@ def _pytest_strict(config) -> bool:
 
 def _offline_unless_hub(cfg) -> None:
     """Go offline (before transformers is imported) unless the user named a hub id."""
-    from .loading import parse_source
+    from .sources import parse_source
 
     kinds = set()
     for src in (cfg.base, cfg.model):
@@ -132,17 +147,16 @@ class _Verifier:
     def verify(self, cid: str) -> None:
         state = self._state
         if state.error is not None:
-            pytest.fail(f"mechclaims could not compute the analysis: {state.error}", pytrace=False)
+            pytest.skip("mechclaims stopped: the setup error is reported once, above")
         if state.suite is None:
-            from .errors import MechclaimsError
             from .suite import ClaimSuite
 
+            suite = ClaimSuite(state.run, state.specs)
             try:
-                state.suite = ClaimSuite(state.config, state.specs)
-                state.suite.compute()
-            except MechclaimsError as exc:
-                state.error = exc
-                pytest.fail(f"mechclaims could not compute the analysis: {exc}", pytrace=False)
+                suite.compute()
+            except Exception as exc:  # noqa: BLE001 - any failure to compute is a broken setup
+                self._stop(exc)
+            state.suite = suite
         r = state.suite.result(cid)
         for c in r.checks:
             self._node.user_properties.append((f"{c.check.name}", f"{c.value:.6g}"))
@@ -154,27 +168,61 @@ class _Verifier:
         if r.status == "fail":
             pytest.fail(r.message() + (f" — {r.reason}" if r.reason else ""), pytrace=False)
 
+    def _stop(self, exc: BaseException) -> None:
+        """A broken setup stops the session once: one message, exit status 4 (usage error).
+        Numerical errors (a NaN statistic) are results, not setup: they fail the claim run too,
+        but the message says so."""
+        from .errors import MechclaimsError
+
+        state = self._state
+        state.error = exc
+        session = self._node.session
+        session.shouldstop = "mechclaims could not compute the analysis"
+        kind = "" if isinstance(exc, MechclaimsError) else f"{type(exc).__name__}: "
+        pytest.fail(f"mechclaims could not compute the analysis, so no claim was checked: {kind}{exc}",
+                    pytrace=False)
+
 
 @pytest.fixture
 def mechclaims_claims(request):
     state = request.config.stash[_KEY]
-    if state.config is None:
+    if state.run is None:
         pytest.fail("mechclaims: no configuration (was the claim collected by the plugin?)", pytrace=False)
     return _Verifier(state, request.node)
 
 
 def pytest_sessionfinish(session, exitstatus):
     state = session.config.stash.get(_KEY, None)
-    if state is None or state.suite is None or not state.suite.verified:
+    if state is None:
+        return
+    if state.error is not None:
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        _remove_stale_reports(state)
+        return
+    if state.suite is None or not state.suite.verified:
         return
     from .report import write_reports
 
-    html, js = write_reports(state.suite)
-    state.report_paths = (html, js)
+    state.report_paths = write_reports(state.suite.suite_result())
+
+
+def _remove_stale_reports(state) -> None:
+    """A run that could not compute leaves no earlier run's report behind looking current."""
+    from pathlib import Path
+
+    for p in (Path(state.run.config.report), state.run.json_report):
+        if p.is_file():
+            p.unlink()
+            state.stale_removed.append(str(p))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     state = config.stash.get(_KEY, None)
+    if state is not None and state.error is not None:
+        terminalreporter.write_sep("-", "mechclaims")
+        terminalreporter.write_line(f"setup error (exit status 4): {state.error}")
+        for p in state.stale_removed:
+            terminalreporter.write_line(f"removed the earlier run's report {p}: it no longer describes this setup")
     paths = getattr(state, "report_paths", None)
     if paths:
         suite = state.suite

@@ -54,7 +54,6 @@ def load_probe(path: str | Path, d_model: int | None = None) -> Probe:
     layer ``[2, d]`` (its direction is row 1 - row 0, the toxic-minus-clean logit difference);
     or a dict holding one of those under ``direction``/``probe``/``weight``/``coef``.
     """
-    import numpy as np
     import torch
 
     p = Path(path).expanduser()
@@ -77,27 +76,11 @@ def load_probe(path: str | Path, d_model: int | None = None) -> Probe:
                              f"found {sorted(arrays)}.")
         vec = obj
     elif suffix == ".npy":
-        try:
-            vec = torch.from_numpy(np.load(p, allow_pickle=False))
-        except ValueError as exc:
-            raise ProbeError(f"{p}: not a plain numeric .npy array ({exc}).") from exc
+        vec = torch.from_numpy(_read_npy(p))
     elif suffix in (".pt", ".pth"):
-        import pickle
+        from .loading import safe_torch_load
 
-        from .errors import UnsafeCheckpoint
-
-        try:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, OSError) as exc:
-            if "weights_only" not in str(exc).lower() and "unpickl" not in str(exc).lower():
-                raise ProbeError(f"{p}: not a readable torch file ({type(exc).__name__}: "
-                                 f"{str(exc)[:200]}).") from exc
-            raise UnsafeCheckpoint(f"refused to load probe {str(p)!r}: {str(exc)[:300]}") from exc
-        except (pickle.UnpicklingError, AttributeError, TypeError) as exc:
-            raise UnsafeCheckpoint(
-                f"refused to load probe {str(p)!r}: it would need arbitrary code execution to "
-                f"unpickle ({type(exc).__name__}). Save the probe as a plain tensor or .safetensors."
-            ) from exc
+        obj = safe_torch_load(p, error=ProbeError)
         vec = _pick_vector(obj, p)
         meta = {"source_format": "pt"}
     else:
@@ -110,6 +93,37 @@ def load_probe(path: str | Path, d_model: int | None = None) -> Probe:
         )
     meta.setdefault("path", str(p.resolve()))
     return Probe(vec, meta)
+
+
+_PROBE_SHAPES = "(d_model,), (1, d_model), (d_model, 1) or (2, d_model) for a 2-class linear layer"
+
+
+def _read_npy(p: Path):
+    """A numeric ``.npy`` array, read without pickle; ProbeError names what was found."""
+    import numpy as np
+
+    with open(p, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":
+        raise ProbeError(f"{p}: not a .npy file (it does not start with the .npy magic bytes; got "
+                         f"{magic!r}); expected a float array of shape {_PROBE_SHAPES} written "
+                         "by np.save.")
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except ValueError as exc:  # object arrays need pickle; also malformed headers
+        raise ProbeError(
+            f"{p}: not a plain numeric .npy array ({exc}); expected a float array of shape "
+            f"{_PROBE_SHAPES}. Save it with np.save(path, vec.astype(np.float32))."
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - truncated or not .npy at all
+        raise ProbeError(f"{p}: not a readable .npy file ({type(exc).__name__}: {exc}); expected "
+                         f"a float array of shape {_PROBE_SHAPES} written by np.save.") from exc
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iuf":
+        found = f"dtype {arr.dtype}, shape {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+        raise ProbeError(f"{p}: got a .npy array of {found}; expected a numeric (float or int) "
+                         f"array of shape {_PROBE_SHAPES}. Save the probe's weights, not labels "
+                         "or text.")
+    return arr.astype(arr.dtype.newbyteorder("="), copy=False)  # torch needs native byte order
 
 
 def _pick_vector(obj, p: Path):
@@ -130,6 +144,10 @@ def _pick_vector(obj, p: Path):
 def _to_direction(vec, p: Path, meta: dict):
     import torch
 
+    found = f"shape {tuple(vec.shape)}, dtype {str(vec.dtype).removeprefix('torch.')}"
+    if vec.numel() == 0:
+        raise ProbeError(f"{p}: got an empty probe ({found}); expected {_PROBE_SHAPES}. "
+                         "The file holds no weights: re-export the trained probe.")
     vec = vec.detach().to(torch.float64)
     if vec.ndim == 2 and 1 in vec.shape:
         vec = vec.reshape(-1)
@@ -137,7 +155,8 @@ def _to_direction(vec, p: Path, meta: dict):
         vec = vec[1] - vec[0]
         meta["from_two_class_linear"] = "direction = row 1 - row 0"
     if vec.ndim != 1:
-        raise ProbeError(f"{p}: a probe must be one vector [d_model]; got shape {tuple(vec.shape)}.")
+        raise ProbeError(f"{p}: a probe must be one vector; got {found}; expected {_PROBE_SHAPES}. "
+                         "Save the probe's direction alone.")
     if not torch.isfinite(vec).all():
         bad = int((~torch.isfinite(vec)).sum())
         raise ProbeError(f"{p}: the probe has {bad} non-finite entries (NaN or inf); it is unusable.")
@@ -217,6 +236,9 @@ def train_probe(model, texts: list[str], labels: list[int], *, test_size: float 
         "n_train": int(len(ytr)),
         "n_test": int(len(yte)),
         "heldout_accuracy": acc,
+        # Kept so the probe can score as a probability (scoring.CalibratedProbeScorer); the
+        # direction itself is coef_ with the intercept dropped, as in the paper.
+        "intercept": float(clf.intercept_[0]),
         "seed": seed,
         "max_length": max_length,
         "model_source": getattr(model, "source", None),

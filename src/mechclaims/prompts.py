@@ -23,14 +23,27 @@ from .errors import PromptError
 
 
 def read_prompts(path: str | Path) -> list[str]:
-    """Read prompts from ``.jsonl`` or ``.txt``. Errors name the file and line."""
+    """Read prompts from ``.jsonl``, ``.txt`` or ``.csv``. Errors name the file and line.
+
+    A ``.csv`` file (read with the csv module, so quoted fields may hold commas and newlines)
+    needs a header row with a ``prompt`` or ``text`` column (case-insensitive; ``prompt`` wins
+    when both are present); every other column is ignored.
+    """
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise PromptError(
+            f"prompt path {str(path)!r} is a directory ({p.resolve()}); expected a .jsonl, .txt "
+            "or .csv prompt file. Pass the file itself, not the folder holding it."
+        )
     if not p.is_file():
         raise PromptError(
             f"prompt file {str(path)!r} does not exist (looked at {p.resolve()}); expected a "
-            ".jsonl file with a 'prompt' field per line, or a .txt file with one prompt per line."
+            ".jsonl file with a 'prompt' field per line, a .txt file with one prompt per line, "
+            "or a .csv file with a 'prompt' or 'text' column."
         )
     raw = p.read_bytes()
+    if p.suffix.lower() == ".csv":
+        return _read_csv_prompts(p, raw)
     lines = raw.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -53,6 +66,57 @@ def read_prompts(path: str | Path) -> list[str]:
         prompts.append(text)
     if not prompts:
         raise PromptError(f"prompt file {p} holds no prompts; expected at least one.")
+    return prompts
+
+
+_CSV_PROMPT_COLUMNS = ("prompt", "text")
+
+
+def _read_csv_prompts(p: Path, raw: bytes) -> list[str]:
+    """Prompts from the ``prompt``/``text`` column of a CSV file with a header row."""
+    import csv
+    import io
+
+    try:
+        text = raw.decode("utf-8-sig")  # Excel writes a BOM
+    except UnicodeDecodeError as exc:
+        n = raw[:exc.start].count(b"\n") + 1
+        raise PromptError(
+            f"{p}:{n}: line is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+            "re-encode the file as UTF-8."
+        ) from exc
+    reader = csv.reader(io.StringIO(text, newline=""))
+    prompts: list[str] = []
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise PromptError(f"prompt file {p} holds no prompts; expected a header row with a "
+                              "'prompt' or 'text' column and at least one row.")
+        names = [h.strip().lower() for h in header]
+        col = next((names.index(c) for c in _CSV_PROMPT_COLUMNS if c in names), None)
+        if col is None:
+            raise PromptError(
+                f"{p}:1: got header columns {header}; expected a header row with a 'prompt' or "
+                "'text' column (case-insensitive). Add a header line naming the prompt column."
+            )
+        for row in reader:
+            n = reader.line_num
+            if not row:
+                raise PromptError(f"{p}:{n}: empty line in a .csv prompt file; remove it.")
+            if len(row) <= col:
+                raise PromptError(
+                    f"{p}:{n}: got {len(row)} fields; expected at least {col + 1}, up to the "
+                    f"{header[col]!r} column. Quote fields that hold commas."
+                )
+            if not row[col].strip():
+                raise PromptError(f"{p}:{n}: the prompt is empty; every row must hold a prompt.")
+            prompts.append(row[col])
+    except csv.Error as exc:
+        raise PromptError(f"{p}:{reader.line_num}: malformed CSV ({exc}); expected RFC 4180 "
+                          "rows (quote fields that hold commas, quotes or newlines).") from exc
+    if not prompts:
+        raise PromptError(f"prompt file {p} holds no prompts; expected at least one row after "
+                          "the header.")
     return prompts
 
 

@@ -23,3 +23,16 @@ def package_versions() -> dict[str, str | None]:
 
 def now_utc() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def display_path(path) -> str:
+    """A path as reports show it: relative to the working directory when it lies under it,
+    so a report does not carry the layout of the machine that made it."""
+    import os
+    from pathlib import Path
+
+    p = Path(str(path))
+    try:
+        return p.resolve().relative_to(Path(os.getcwd()).resolve()).as_posix()
+    except (ValueError, OSError):
+        return str(p)

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .attribution import GROUPS_B
 from .cache import atomic_write_text
-from .provenance import now_utc
+from .choices import CUMULATIVE_SETS, GROUPS_B, REDUCING_B, SET_BASE, SET_DPO
+from .provenance import display_path, now_utc
+from .suite import SuiteResult
 
 SCHEMA = "mechclaims.claims/1"
 STATUS_ORDER = ("fail", "pass", "skip")
@@ -50,26 +51,22 @@ def _clean(x):
     return x
 
 
-def _id_key(cid: str):
-    digits = "".join(ch for ch in cid if ch.isdigit())
-    return (int(digits) if digits else 10**9, cid)
-
-
-def build_document(suite) -> dict:
-    an = suite.analysis
-    results = sorted((suite.results[c] for c in suite.verified_unique()), key=lambda r: _id_key(r.spec.id))
+def build_document(result: SuiteResult) -> dict:
+    an = result.analysis
+    results = result.claims
     counts = {s: sum(r.status == s for r in results) for s in STATUS_ORDER}
     st = an.stats
     doc = {
         "schema": SCHEMA,
         "created": now_utc(),
-        "config": suite.config.public(),
+        "config": _public_config(result),
+        "inputs": result.run.inputs(),
         "provenance": an.provenance,
-        "bootstrap": suite.bootstrap_info,
+        "bootstrap": result.bootstrap,
         "counts": counts,
         "claims": [r.as_dict() for r in results],
         "attribution": an.summary,
-        "behaviour": _behaviour_doc(suite),
+        "behaviour": _behaviour_doc(result),
         "layers": {
             "mlp_out_proj_base": st.base.mean_mlp_out_proj().tolist(),
             "mlp_out_proj_dpo": st.model.mean_mlp_out_proj().tolist(),
@@ -80,12 +77,24 @@ def build_document(suite) -> dict:
     return _clean(json.loads(json.dumps(doc, default=str)))
 
 
-def _behaviour_doc(suite) -> dict | None:
-    beh = getattr(suite, "behaviour", None)
+def _public_config(result: SuiteResult) -> dict:
+    """The options, with the defaults the run resolved them to (an organism's base, probe,
+    prompts, scorer and text) and paths shown relative to the working directory."""
+    run = result.run
+    cfg = {**result.config.public(), "base": str(run.base), "probe": run.probe_path, "prompts": run.prompts_path,
+           "scorer": run.scorer, "ppl_text": run.ppl_text or ""}
+    for k in ("report", "cache_dir", "probe", "prompts", "ppl_text"):
+        if cfg.get(k):
+            cfg[k] = display_path(cfg[k])
+    return cfg
+
+
+def _behaviour_doc(result: SuiteResult) -> dict | None:
+    beh = result.behaviour
     if beh is None:
         return None
     return {"scorer": beh.scorer, "settings": beh.settings, "edit": beh.edit,
-            "sets": beh.table(getattr(suite, "boot_weights", None) or None)}
+            "sets": beh.table(result.boot_weights or None)}
 
 
 # ------------------------------------------------------------------------------------------
@@ -105,14 +114,14 @@ COLORS = {"TP↓": "#c0392b", "TN↓": "#e67e22", "AP↓": "#2980b9", "AN↓": "
           "TP↑": "#f1948a", "TN↑": "#f8c471", "AP↑": "#85c1e9", "AN↑": "#76d7c4"}
 
 
-def figures(suite, max_points: int = 20000) -> dict[str, str]:
+def figures(result: SuiteResult, max_points: int = 20000) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    a = suite.analysis.attribution
-    s = suite.analysis.summary
+    a = result.analysis.attribution
+    s = result.analysis.summary
     out = {}
 
     # 1. per-layer net and gross reduction by group
@@ -139,9 +148,9 @@ def figures(suite, max_points: int = 20000) -> dict[str, str]:
 
     # 2. the four-group bar chart
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    shares = [s["group_b_share"][g] if s["group_b_share"][g] is not None else 0.0 for g in GROUPS_B[:4]]
+    shares = [s["group_b_share"][g] if s["group_b_share"][g] is not None else 0.0 for g in REDUCING_B]
     shares = [0.0 if (v is None or not math.isfinite(v)) else v for v in shares]
-    bars = ax.bar(GROUPS_B[:4], shares, color=[COLORS[g] for g in GROUPS_B[:4]])
+    bars = ax.bar(REDUCING_B, shares, color=[COLORS[g] for g in REDUCING_B])
     for b, v in zip(bars, shares):
         ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.0%}", ha="center", va="bottom", fontsize=9)
     ax.set_ylabel("share of gross reduction")
@@ -179,7 +188,7 @@ def figures(suite, max_points: int = 20000) -> dict[str, str]:
     out["delta_hist"] = _png(fig)
 
     # 5. layer-level projection of the MLP output (paper v1 Fig. 1a)
-    st = suite.analysis.stats
+    st = result.analysis.stats
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.plot(x, st.base.mean_mlp_out_proj(), "o-", label="base")
     ax.plot(x, st.model.mean_mlp_out_proj(), "s-", label="DPO")
@@ -190,16 +199,16 @@ def figures(suite, max_points: int = 20000) -> dict[str, str]:
     ax.legend()
     out["layer_projection"] = _png(fig)
 
-    beh = getattr(suite, "behaviour", None)
+    beh = result.behaviour
     if beh is not None:
         rows = beh.table()
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 2]})
         names = [r["set"] for r in rows]
         tox = [r["toxicity"] for r in rows]
         colors = ["#555" if r["target"] == "base" and r["kind"] == "none" else
-                  "#1e8449" if r["set"] == "dpo" else "#2980b9" for r in rows]
+                  "#1e8449" if r["set"] == SET_DPO else "#2980b9" for r in rows]
         ax.bar(range(len(rows)), tox, color=colors)
-        ax.axhline(tox[names.index("dpo")], color="#1e8449", lw=0.8, ls="--")
+        ax.axhline(tox[names.index(SET_DPO)], color="#1e8449", lw=0.8, ls="--")
         ax.set_xticks(range(len(rows)), names, rotation=40, ha="right", fontsize=8)
         ax.set_ylabel(f"toxicity ({beh.scorer.get('name', 'scorer')})")
         ax.set_title("Toxicity per intervention set (dashed: DPO)")
@@ -217,7 +226,7 @@ def figures(suite, max_points: int = 20000) -> dict[str, str]:
         fig.tight_layout()
         out["behaviour"] = _png(fig)
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        steps = ["base", "patch:TP↓", "patch:TP↓+AN↓", "patch:TP↓+AN↓+TN↓", "patch:all↓", "dpo"]
+        steps = [SET_BASE, *CUMULATIVE_SETS, SET_DPO]
         vals = [rows[names.index(n)]["toxicity"] for n in steps]
         ax.plot(range(len(steps)), vals, "o-")
         ax.set_xticks(range(len(steps)), ["base", "TP↓", "+AN↓", "+TN↓", "+AP↓", "DPO"])
@@ -255,11 +264,11 @@ def render_html(doc: dict, figs: dict[str, str]) -> str:
     return env.get_template("claims.html.j2").render(doc=doc, figs=figs, groups=GROUPS_B)
 
 
-def write_reports(suite) -> tuple[Path, Path]:
+def write_reports(result: SuiteResult) -> tuple[Path, Path]:
     """Write ``claims.html`` and ``claims.json`` atomically; returns their paths."""
-    doc = build_document(suite)
-    html_path = Path(suite.config.report)
-    json_path = suite.config.json_report
+    doc = build_document(result)
+    html_path = Path(result.config.report)
+    json_path = result.config.json_report
     atomic_write_text(json_path, json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False))
-    atomic_write_text(html_path, render_html(doc, figures(suite)))
+    atomic_write_text(html_path, render_html(doc, figures(result)))
     return html_path, json_path

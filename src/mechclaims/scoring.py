@@ -41,11 +41,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from .errors import MechclaimsError
-
-
-class ScorerError(MechclaimsError):
-    """A scorer that cannot be built or used (missing files, bad configuration or input)."""
+from .errors import InputTypeError, ScorerError
 
 
 @runtime_checkable
@@ -96,7 +92,7 @@ def score_texts(scorer, texts: Sequence[str]) -> ScoreResult:
 
 def _check_texts(texts) -> None:
     if isinstance(texts, str):
-        raise TypeError("score() takes a sequence of texts; wrap a single text in a list.")
+        raise InputTypeError("score() takes a sequence of texts; wrap a single text in a list.")
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise ScorerError(f"text {i} is a {type(t).__name__}, expected str.")
@@ -172,7 +168,7 @@ class LexiconScorer:
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         if isinstance(texts, str):
-            raise TypeError("score() takes a sequence of texts; wrap a single text in a list.")
+            raise InputTypeError("score() takes a sequence of texts; wrap a single text in a list.")
         return np.fromiter((1.0 if self._re.search(t or "") else 0.0 for t in texts),
                            dtype=np.float64, count=len(texts))
 
@@ -622,3 +618,142 @@ def _prompt_rows(prompt_tokens) -> list[list[int]]:
         toks, mask = b.tokens.detach().cpu(), b.attention_mask.detach().cpu().bool()
         rows.extend(toks[i][mask[i]].tolist() for i in range(toks.shape[0]))
     return rows
+
+
+class CalibratedProbeScorer(ProbeScorer):
+    """The probe as a toxicity *probability*: ``sigmoid(||w|| * projection + intercept)``, the
+    logistic-regression probe's own output on the mean-pooled residual stream of the scored
+    tokens. Needs a probe that carries its ``intercept`` (``probe.train_probe`` stores it);
+    without one the projections are not probabilities, and a behavioural claim would compare
+    signed numbers as if they were rates (shares far outside [0, 1]), so it is refused."""
+
+    name = "probe"
+
+    def __init__(self, model, probe, *, batch_size: int = 32):
+        super().__init__(model, probe, batch_size=batch_size)
+        intercept = self.probe.metadata.get("intercept")
+        if not isinstance(intercept, (int, float)) or not np.isfinite(intercept):
+            raise ScorerError(
+                "the probe scorer needs a probe that carries its logistic-regression intercept "
+                "(metadata 'intercept'), so that its scores are probabilities in [0, 1]; this probe "
+                f"(sha256 {self.probe.sha256[:12]}) has none. Train one with mechclaims.probe.train_probe, "
+                "or pass --scorer detoxify[:variant] or --scorer lexicon:PATH.")
+        self.intercept = float(intercept)
+        self.scale = float(self.probe.direction.double().norm())
+
+    def _project(self, prompts, conts, prompt_in_conts: bool = False):
+        z = self.scale * super()._project(prompts, conts, prompt_in_conts) + self.intercept
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "kind": "calibrated probe",
+                "units": "probability: sigmoid(||w|| * projection + intercept)", "intercept": self.intercept}
+
+
+# --------------------------------------------------------------------------------------------
+# The registry: a scorer is one class plus one ``register_scorer`` call.
+
+
+@dataclass(frozen=True)
+class ScorerEntry:
+    """``factory(arg, base=LoadedModel, probe=Probe)`` builds the scorer; ``arg`` is the text after
+    ``NAME:`` in the spec (None without one). ``check(arg)`` validates the spec before any model
+    is loaded. ``help`` is shown in ``--scorer``'s help."""
+
+    name: str
+    factory: object
+    help: str
+    check: object = None
+
+
+SCORERS: dict[str, ScorerEntry] = {}
+AUTO = "auto"
+AUTO_RULE = "auto: the organism's lexicon for an organism, else the calibrated probe"
+
+
+def register_scorer(name: str, factory, help: str, check=None) -> None:
+    SCORERS[name] = ScorerEntry(name, factory, help, check)
+
+
+def scorer_help() -> str:
+    return "; ".join([AUTO_RULE] + [e.help for e in SCORERS.values()])
+
+
+def _split_spec(spec: str) -> tuple[ScorerEntry, str | None]:
+    name, sep, arg = str(spec).partition(":")
+    entry = SCORERS.get(name)
+    if entry is None:
+        raise ScorerError(f"unknown scorer {spec!r}; expected {AUTO} or one of: "
+                          + ", ".join(e.help.split(":", 1)[0] for e in SCORERS.values()) + ".")
+    return entry, (arg if sep else None)
+
+
+def resolve_scorer_spec(spec: str, *, organism_default: str | None = None, probe=None) -> str | None:
+    """Apply the ``auto`` rule and check the spec (names, files, the probe), loading no model.
+
+    ``auto`` without a usable scorer (no organism lexicon, a probe without an intercept)
+    resolves to None: the behavioural claims are then skipped with the reason, not run on
+    scores that are not probabilities."""
+    if spec == AUTO:
+        if organism_default:
+            spec = organism_default
+        elif probe is not None and _has_intercept(probe):
+            spec = "probe"
+        else:
+            return None
+    entry, arg = _split_spec(spec)
+    if entry.check is not None:
+        entry.check(arg, probe=probe)
+    return spec
+
+
+NO_SCORER_REASON = ("no toxicity scorer: --scorer is auto, the model is not an organism and the probe carries "
+                    "no intercept, so nothing scores continuations as probabilities. Give --scorer "
+                    "detoxify[:variant] or --scorer lexicon:PATH, or a probe trained by mechclaims.probe.train_probe")
+
+
+def _has_intercept(probe) -> bool:
+    v = getattr(probe, "metadata", {}).get("intercept")
+    return isinstance(v, (int, float)) and bool(np.isfinite(v))
+
+
+def make_scorer(spec: str, *, base=None, probe=None):
+    """Build the scorer a (resolved) spec names; ``base`` and ``probe`` serve model-read scorers."""
+    entry, arg = _split_spec(spec)
+    return entry.factory(arg, base=base, probe=probe)
+
+
+def _check_lexicon(arg, **_):
+    if not arg:
+        raise ScorerError("the lexicon scorer needs a file: --scorer lexicon:PATH (one phrase per line).")
+    read_lexicon(arg)
+
+
+def _check_detoxify(arg, **_):
+    if arg is not None and arg not in DETOXIFY_RELEASES:
+        raise ScorerError(f"unknown Detoxify variant {arg!r}; expected one of {sorted(DETOXIFY_RELEASES)}.")
+
+
+def _check_probe(arg, probe=None):
+    if arg is not None:
+        raise ScorerError(f"the probe scorer takes no argument, got probe:{arg}; it reads --probe.")
+    if probe is not None and not _has_intercept(probe):
+        raise ScorerError(
+            "--scorer probe needs a probe that carries its logistic-regression intercept (metadata "
+            "'intercept'), so that its scores are probabilities in [0, 1]; this probe has none. Train one "
+            "with mechclaims.probe.train_probe, or pass --scorer detoxify[:variant] or --scorer lexicon:PATH.")
+
+
+def _probe_factory(arg, *, base=None, probe=None):
+    if base is None or probe is None:
+        raise ScorerError("the probe scorer needs the base model and the probe.")
+    return CalibratedProbeScorer(base, probe)
+
+
+register_scorer("lexicon", lambda arg, **_: LexiconScorer(arg),
+                "lexicon:PATH: 1.0 when a continuation contains a phrase of the file", _check_lexicon)
+register_scorer("detoxify", lambda arg, **_: DetoxifyScorer(arg or "original"),
+                "detoxify[:original|unbiased|multilingual]: Detoxify's toxicity, from local files",
+                _check_detoxify)
+register_scorer("probe", _probe_factory,
+                "probe: the probe's calibrated probability (needs a probe with an intercept)", _check_probe)

@@ -40,13 +40,11 @@ from functools import partial
 
 import numpy as np
 
-from .errors import MechclaimsError, NumericalError
+from .choices import MLP_OUT_HOOK, POSITION_MODES, POSITIONS_READ
+from .errors import ConfigError, NumericalError
 from .prompts import TokenBatch, encode_prompts, pad_left, prompts_sha256
 
 STATS_VERSION = 2
-POSITION_MODES = ("own", "shared")
-MLP_OUT_HOOK = "blocks.{l}.mlp.out.hook_out"  # pre any post-MLP norm (Gemma-2), includes b_out
-POSITIONS_READ = "last prompt position + generated positions 1..T-1 (T per prompt)"
 
 
 @dataclass(frozen=True)
@@ -61,10 +59,10 @@ class StatsSettings:
 
     def __post_init__(self):
         if self.positions not in POSITION_MODES:
-            raise MechclaimsError(f"positions must be one of {POSITION_MODES}, got {self.positions!r}.")
+            raise ConfigError(f"positions must be one of {POSITION_MODES}, got {self.positions!r}.")
         for name in ("max_new_tokens", "max_prompt_tokens", "max_chunks", "batch_size"):
             if int(getattr(self, name)) < 1:
-                raise MechclaimsError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
 
     def key(self) -> dict:
         d = asdict(self)
@@ -308,8 +306,8 @@ def collect_pair(base, model, prompts: list[str], probe, settings: StatsSettings
         bar.close()
     results = [done[k] for k in range(len(ranges))]
     return PairStats(
-        base=_stack(results, "base_"),
-        model=_stack(results, "model_"),
+        base=stack_chunks(results, "base_"),
+        model=stack_chunks(results, "model_"),
         settings=settings,
         chunks=ranges,
         provenance={"cache_key": entry.key, "cache_digest": entry.digest,
@@ -327,7 +325,7 @@ def _check_finite(arrays: dict[str, np.ndarray], where: str) -> None:
             )
 
 
-def _stack(results: list[dict], prefix: str) -> ModelStats:
+def stack_chunks(results: list[dict], prefix: str) -> ModelStats:
     get = lambda name: [r[prefix + name] for r in results]  # noqa: E731
     return ModelStats(
         act_sum=np.stack(get("act_sum")),

@@ -1,11 +1,20 @@
 """A claim run: the analysis once, every claim's metric with a paired bootstrap, verdicts.
 
+``ClaimSuite(run, specs).compute()`` is a short pipeline of named steps over a resolved
+``RunSpec``: analyse (statistics -> attribution), behaviour (only when a selected claim reads
+generations), point estimates, bootstrap, verdicts. Its output is one ``SuiteResult`` record,
+the only thing the report reads.
+
 Confidence intervals come from a bootstrap over prompt chunks: each resample draws K chunks
 with replacement (multinomial weights), and the *same* weights reweight both models' per-chunk
 sums, so the interval is paired across the two models. The 95% interval is the 2.5th-97.5th
 percentile of the resampled metric. A claim whose interval straddles its threshold is marked
 *unstable*. The verdict uses the point estimate, or under ``strict`` the pessimistic end of the
 interval.
+
+One claim's arithmetic never takes the others down: a metric that raises an arithmetic error
+at the point estimate makes that claim *undetermined* (skipped, with the reason); in a
+resample it gives NaN for that resample only.
 """
 
 from __future__ import annotations
@@ -16,7 +25,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .claim import Check, ClaimContext, ClaimSpec
-from .config import ClaimsConfig, ConfigError
+from .errors import ConfigError
+
+# Arithmetic failures of a metric on a degenerate input (a zero denominator in a resample).
+_ARITHMETIC = (ArithmeticError, FloatingPointError)
 
 
 @dataclass
@@ -28,12 +40,14 @@ class CheckResult:
     holds: bool          # at the point estimate
     holds_strict: bool   # at the pessimistic interval end
     unstable: bool       # the interval straddles the threshold
+    out_of_range: bool = False  # the value lies outside the range where it means what it says
 
     def as_dict(self) -> dict:
         c = self.check
         return {"name": c.name, "label": c.label or c.name, "op": c.op, "threshold": c.threshold,
                 "value": self.value, "ci": [self.lo, self.hi], "holds": self.holds,
-                "holds_strict": self.holds_strict, "unstable": self.unstable}
+                "holds_strict": self.holds_strict, "unstable": self.unstable,
+                "valid_range": list(c.valid) if c.valid else None, "out_of_range": self.out_of_range}
 
 
 @dataclass
@@ -53,10 +67,11 @@ class ClaimResult:
         parts = []
         for c in self.checks:
             ok = "ok" if (c.holds_strict if self.strict else c.holds) else "FAILS"
+            if c.out_of_range:
+                ok = f"FAILS: outside the meaningful range {list(c.check.valid)}"
             parts.append(f"{c.check.label or c.check.name} = {c.value:.4g} "
                          f"[{c.lo:.4g}, {c.hi:.4g}] (need {c.check.op} {c.check.threshold:g}: {ok})")
         return f"{self.spec.id} {self.spec.slug}: " + "; ".join(parts)
-
 
     def as_dict(self) -> dict:
         s = self.spec
@@ -65,6 +80,22 @@ class ClaimResult:
                 "status": self.status, "reason": self.reason, "unstable": self.unstable,
                 "checks": [c.as_dict() for c in self.checks],
                 "details": self.details}
+
+
+@dataclass
+class SuiteResult:
+    """Everything a claim run produced; the report, JSON and JUnit read only this."""
+
+    run: object                      # runspec.RunSpec
+    analysis: object                 # analysis.NeuronAnalysis
+    behaviour: object | None         # behaviour.BehaviourResult, when a behavioural claim ran
+    claims: list[ClaimResult]        # the claims that ran, in ID order
+    bootstrap: dict
+    boot_weights: list = field(default_factory=list, repr=False)
+
+    @property
+    def config(self):
+        return self.run.config
 
 
 def apply_thresholds(specs: dict[str, ClaimSpec], thresholds) -> dict[str, ClaimSpec]:
@@ -81,62 +112,103 @@ def apply_thresholds(specs: dict[str, ClaimSpec], thresholds) -> dict[str, Claim
                     f"claim {cid} has several checks {[c.name for c in spec.checks]}; override one "
                     f"by name, e.g. {cid}.{spec.checks[0].name} = ... or {cid} = {{ {spec.checks[0].name} = ... }}.")
             checks[spec.checks[0].name] = checks.pop("*")
-        try:
-            out[cid] = spec.with_thresholds(checks)
-        except KeyError as exc:
-            raise ConfigError(str(exc.args[0])) from exc
+        out[cid] = spec.with_thresholds(checks)
     return out
+
+
+def id_key(cid: str):
+    """Claims sort by number: C2 before C10."""
+    digits = "".join(ch for ch in cid if ch.isdigit())
+    return (int(digits) if digits else 10**9, cid)
 
 
 class ClaimSuite:
     """Computes everything once, on first use; results are looked up per claim."""
 
-    def __init__(self, config: ClaimsConfig, specs: dict[str, ClaimSpec]):
-        self.config = config
-        self.specs = apply_thresholds(specs, config.thresholds)
+    def __init__(self, run, specs: dict[str, ClaimSpec]):
+        self.run = run
+        self.config = run.config
+        self.specs = apply_thresholds(specs, run.config.thresholds)
         self.analysis = None
+        self.behaviour = None
+        self.ctx: ClaimContext | None = None
         self.results: dict[str, ClaimResult] = {}
         self.verified: list[str] = []
-        self._values: dict[str, dict] | None = None
+        self.boot_weights: list[np.ndarray] = []
+        self.bootstrap_info: dict = {}
 
-    # ---------------------------------------------------------------------------------------
+    # --- the pipeline --------------------------------------------------------------------------
     def compute(self, progress: bool | None = None) -> None:
-        if self._values is not None:
+        if self.results:
             return
-        from .analysis import analyze
-        from .attribution import attribute
-        from .stats import StatsSettings
+        self.analysis = self._analyse(progress)
+        self.ctx = self._context()
+        if self.run.scorer is not None and any(spec.needs == "G" for spec in self.specs.values()):
+            self.behaviour = self._behaviour(progress)
+        point, skips = self._point_estimates()
+        boot = self._bootstrap(point)
+        self.results = {cid: self._evaluate(cid, point, boot, skips) for cid in self.specs}
 
-        cfg = self.config
-        settings = StatsSettings(positions=cfg.positions, max_new_tokens=cfg.max_new_tokens,
-                                 max_prompt_tokens=cfg.max_prompt_tokens, batch_size=cfg.batch_size)
-        self.analysis = analyze(cfg.base, cfg.model, cfg.probe, cfg.prompts, settings, device=cfg.device,
-                                dtype=cfg.dtype, cache_dir=cfg.cache_dir or True, progress=progress,
-                                top_k=cfg.top_k)
+    def _analyse(self, progress):
+        from .analysis import analyze
+
+        run, cfg = self.run, self.config
+        return analyze(run.base, run.model, run.probe, list(run.prompts), run.settings, device=cfg.device,
+                       dtype=cfg.dtype, cache_dir=run.cache_dir, progress=progress, top_k=cfg.top_k)
+
+    def _context(self) -> ClaimContext:
         a = self.analysis.attribution
         gated = bool(self.analysis.provenance["base"]["gated_mlp"])
-        self.ctx = ClaimContext(n_layers=a.n_layers, d_mlp=a.d_mlp, gated_mlp=gated, top_k=cfg.top_k)
+        return ClaimContext(n_layers=a.n_layers, d_mlp=a.d_mlp, gated_mlp=gated, top_k=self.config.top_k)
 
-        self.behaviour = None
-        if any("G" in spec.needs for spec in self.specs.values()):
-            self.behaviour = self._behaviour(settings, progress)
+    def _behaviour(self, progress):
+        """Intervention results on the run's resolved inputs; the models and the scorer are
+        opened only if the cache misses (they are the analysis's own when it loaded them)."""
+        from .behaviour import evaluate
+        from .cache import ResultCache
+        from .scoring import make_scorer
 
-        def subject(spec, attr, weights):
-            """Activation claims read the attribution; behavioural ones the intervention results."""
-            return self.behaviour.view(weights) if "G" in spec.needs else attr
+        run, cfg, an = self.run, self.config, self.analysis
+        key = {"base_sha256": an.provenance["base"]["sha256"], "model_sha256": an.provenance["model"]["sha256"],
+               "dtype": cfg.dtype, "scorer": run.scorer, "probe_sha256": an.provenance["probe"]["sha256"]}
+        ppl_text = _read_text(run.ppl_text) if run.ppl_text else None
+        return evaluate(an.open_models, list(run.prompts), an.attribution, an.stats,
+                        lambda base: make_scorer(run.scorer, base=base, probe=run.probe), key=key,
+                        settings=run.settings, ppl_text=ppl_text, cache=ResultCache(run.cache_dir),
+                        edit_alpha=cfg.edit_alpha, edit_beta=cfg.edit_beta, progress=progress,
+                        patch_positions=cfg.patch_positions)
 
+    def _subject(self, spec, attribution, weights):
+        """Activation claims read the attribution; behavioural ones the intervention results."""
+        return self.behaviour.view(weights) if spec.needs == "G" else attribution
+
+    def _point_estimates(self):
         point, skips = {}, {}
+        a = self.analysis.attribution
         for cid, spec in self.specs.items():
-            subj = subject(spec, a, None)
-            reason = spec.applies(subj, self.ctx) if spec.applies else None
+            if spec.needs == "G" and self.behaviour is None:
+                from .scoring import NO_SCORER_REASON
+
+                skips[cid] = NO_SCORER_REASON
+                continue
+            subj = self._subject(spec, a, None)
+            try:
+                reason = spec.applies(subj, self.ctx) if spec.applies else None
+                if not reason:
+                    point[cid] = {k: float(v) for k, v in spec.metric(subj, self.ctx).items()}
+            except _ARITHMETIC as exc:
+                reason = f"undetermined: the metric could not be computed ({type(exc).__name__}: {exc})"
             if reason:
                 skips[cid] = reason
-            else:
-                point[cid] = {k: float(v) for k, v in spec.metric(subj, self.ctx).items()}
+        return point, skips
+
+    def _bootstrap(self, point):
+        from .attribution import attribute
+
         stats, wt = self.analysis.stats, self.analysis.weights
         K = stats.n_chunks
-        B = cfg.bootstrap if K > 1 else 0
-        rng = np.random.default_rng(cfg.seed)
+        B = self.config.bootstrap if K > 1 else 0
+        rng = np.random.default_rng(self.config.seed)
         boot = {cid: {k: np.full(B, np.nan) for k in vals} for cid, vals in point.items()}
         self.boot_weights = []
         for b in range(B):
@@ -145,57 +217,31 @@ class ClaimSuite:
             ab = attribute(stats, wt, w)
             for cid in point:
                 spec = self.specs[cid]
-                for k, v in spec.metric(subject(spec, ab, w), self.ctx).items():
+                try:
+                    values = spec.metric(self._subject(spec, ab, w), self.ctx)
+                except _ARITHMETIC:
+                    continue  # this resample is degenerate for this claim: NaN, excluded below
+                for k, v in values.items():
                     boot[cid][k][b] = float(v)
-        self._values = {"point": point, "boot": boot, "skips": skips}
-        self.bootstrap_info = {"resamples": B, "seed": cfg.seed, "unit": "prompt chunk", "n_chunks": K,
+        self.bootstrap_info = {"resamples": B, "seed": self.config.seed, "unit": "prompt chunk", "n_chunks": K,
                                "level": 0.95, "paired": True,
                                "note": "" if K > 1 else "one chunk only: no interval (point estimate shown)"}
-        for cid in self.specs:
-            self.results[cid] = self._evaluate(cid)
+        return boot
 
-    def _behaviour(self, settings, progress):
-        """Intervention results; the models and scorer are opened only if the cache misses."""
-        from pathlib import Path
-
-        from .behaviour import evaluate, make_scorer
-        from .cache import ResultCache, default_cache_dir
-        from .loading import load_model
-        from .probe import load_probe
-        from .prompts import read_prompts
-
-        cfg, an = self.config, self.analysis
-
-        def models():
-            base = an.base or load_model(cfg.base, device=cfg.device, dtype=cfg.dtype)
-            model = an.model or load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, base=cfg.base)
-            return base, model
-
-        def scorer(base):
-            return make_scorer(cfg.scorer, base=base, probe=load_probe(cfg.probe, d_model=base.d_model))
-
-        key = {"base_sha256": an.provenance["base"]["sha256"], "model_sha256": an.provenance["model"]["sha256"],
-               "dtype": cfg.dtype, "scorer": cfg.scorer, "probe_sha256": an.provenance["probe"]["sha256"]}
-        ppl_text = Path(cfg.ppl_text).read_text(encoding="utf-8") if cfg.ppl_text else None
-        cache = ResultCache(cfg.cache_dir or default_cache_dir())
-        return evaluate(models, read_prompts(cfg.prompts), an.attribution, an.stats, scorer, key=key,
-                        settings=settings, ppl_text=ppl_text, cache=cache, edit_alpha=cfg.edit_alpha,
-                        edit_beta=cfg.edit_beta, progress=progress,
-                        generation_positions={"generated": "last", "all": "all"}[cfg.patch_positions])
-
-    def _interval(self, arr: np.ndarray, point: float) -> tuple[float, float]:
+    # --- verdicts ------------------------------------------------------------------------------
+    @staticmethod
+    def _interval(arr: np.ndarray, point: float) -> tuple[float, float]:
         finite = arr[np.isfinite(arr)]
         if finite.size == 0:
             return point, point
         lo, hi = np.percentile(finite, [2.5, 97.5])
         return float(lo), float(hi)
 
-    def _evaluate(self, cid: str) -> ClaimResult:
+    def _evaluate(self, cid: str, point: dict, boot: dict, skips: dict) -> ClaimResult:
         spec = self.specs[cid]
-        v = self._values
-        if cid in v["skips"]:
-            return ClaimResult(spec, "skip", v["skips"][cid])
-        point, boot = v["point"][cid], v["boot"][cid]
+        if cid in skips:
+            return ClaimResult(spec, "skip", skips[cid])
+        point, boot = point[cid], boot[cid]
         checks = []
         for c in spec.checks:
             if c.name not in point:
@@ -203,18 +249,25 @@ class ClaimSuite:
             val = point[c.name]
             lo, hi = self._interval(boot[c.name], val)
             finite = math.isfinite(val)
-            holds = finite and c.holds(val)
-            holds_strict = finite and c.holds(c.bound(lo, hi))
+            in_range = finite and c.in_range(val)
+            holds = in_range and c.holds(val)
+            holds_strict = in_range and c.holds(c.bound(lo, hi))
             unstable = finite and (c.holds(lo) != c.holds(hi))
-            checks.append(CheckResult(c, val, lo, hi, holds, holds_strict, unstable))
+            checks.append(CheckResult(c, val, lo, hi, holds, holds_strict, unstable, finite and not in_range))
         details = {k: {"value": val, "ci": list(self._interval(boot[k], val))}
                    for k, val in point.items() if k not in {c.name for c in spec.checks}}
         nonfinite = [c.check.name for c in checks if not math.isfinite(c.value)]
+        outside = [c.check.name for c in checks if c.out_of_range]
         ok = all((c.holds_strict if self.config.strict else c.holds) for c in checks)
-        reason = f"metric is not finite for {nonfinite}" if nonfinite else ""
+        reason = "; ".join(r for r in (
+            f"metric is not finite for {nonfinite}" if nonfinite else "",
+            f"{outside} outside the range where the value means what the claim says "
+            f"(a share far outside [0, 1]: a near-zero denominator or scores that are not rates)"
+            if outside else "") if r)
         return ClaimResult(spec, "pass" if ok and not nonfinite else "fail", reason, checks, details,
                            strict=self.config.strict)
 
+    # --- per-claim access and the record --------------------------------------------------------
     def verified_unique(self) -> list[str]:
         """Claims that ran, in the order they ran, each once."""
         return list(dict.fromkeys(self.verified))
@@ -224,3 +277,12 @@ class ClaimSuite:
         self.verified.append(cid)
         return self.results[cid]
 
+    def suite_result(self) -> SuiteResult:
+        ran = sorted((self.results[c] for c in self.verified_unique()), key=lambda r: id_key(r.spec.id))
+        return SuiteResult(self.run, self.analysis, self.behaviour, ran, self.bootstrap_info, self.boot_weights)
+
+
+def _read_text(path: str) -> str:
+    from .perplexity import load_text
+
+    return load_text(path)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelSourceError
@@ -45,7 +46,8 @@ def organism_names() -> list[str]:
     return names
 
 
-def _split(name: str) -> tuple[str, str]:
+def split_name(name: str) -> tuple[str, str]:
+    """``"gpt2-dampened"`` -> ``("gpt2", "dampened")``; an unknown name is a ModelSourceError."""
     if name not in organism_names():
         raise ModelSourceError(
             f"unknown organism {name!r}; valid names are {', '.join(organism_names())} "
@@ -56,7 +58,7 @@ def _split(name: str) -> tuple[str, str]:
 
 
 def base_of(name: str) -> str:
-    arch, _ = _split(name)
+    arch, _ = split_name(name)
     return f"{arch}-base"
 
 
@@ -73,63 +75,94 @@ def organism_dir(arch: str) -> Path:
     return fixtures_root() / "organism" / arch
 
 
-def _files(d: Path) -> dict:
-    return {"probe": str(d / "probe.safetensors"), "prompts": str(d / "prompts.jsonl"),
-            "lexicon": str(d / "lexicon.txt"), "heldout": str(d / "heldout.txt")}
+@dataclass(frozen=True)
+class Layout:
+    """The one definition of an organism directory's files (the builder writes these)."""
+
+    root: Path
+
+    @property
+    def base(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def dpo(self) -> Path:
+        return self.root / "dpo"
+
+    def weights_dir(self, variant: str) -> Path:
+        """The committed model a variant is made from: ``""`` is the DPO model, every other
+        variant (``base`` and the derived ones) starts from the base."""
+        return self.dpo if variant == "" else self.base
+
+    probe = property(lambda self: self.root / "probe.safetensors")
+    prompts = property(lambda self: self.root / "prompts.jsonl")
+    lexicon = property(lambda self: self.root / "lexicon.txt")
+    heldout = property(lambda self: self.root / "heldout.txt")
+    derived = property(lambda self: self.root / "derived.json")
+    manifest = property(lambda self: self.root / "manifest.json")
+    probe_eval = property(lambda self: self.root / "probe_eval.jsonl")
+
+    def defaults(self) -> dict:
+        """What a run on this organism uses unless told otherwise."""
+        return {"probe": str(self.probe), "prompts": str(self.prompts), "lexicon": str(self.lexicon),
+                "heldout": str(self.heldout)}
 
 
-def open_organism_dir(d: Path, variant: str, *, device="cpu", dtype=None, arch: str | None = None):
-    """Open variant ``""`` (DPO), ``"base"`` or a derived one from an organism directory ``d``."""
-    import torch
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+def layout(arch: str) -> Layout:
+    return Layout(organism_dir(arch))
 
-    from .derived import apply_recipe, recipe_sha256
 
-    dtype = dtype or torch.float32
-    d = Path(d)
-    arch = arch or d.name
-    sub = d / ("dpo" if variant == "" else "base")
-    if not (sub / "model.safetensors").is_file():
+def organism_sha256(name: str) -> str:
+    """Content hash of an organism without opening it: the weights it starts from, plus the
+    derived recipe for derived variants (about 4 MB to hash: milliseconds)."""
+    from .derived import recipe_sha256
+
+    arch, variant = split_name(name)
+    lay = layout(arch)
+    weights = _weights_sha(lay.weights_dir(variant), arch, lay)
+    if variant in DERIVED:
+        return recipe_sha256(weights, _recipes(lay)[variant])
+    return weights
+
+
+def _recipes(lay: Layout) -> dict:
+    return json.loads(lay.derived.read_text())
+
+
+def _weights_sha(sub: Path, arch: str, lay: Layout) -> str:
+    """sha256 of the weights file (about 4 MB: hashing takes milliseconds)."""
+    from ..cache import sha256_file
+
+    weights = sub / "model.safetensors"
+    if not weights.is_file():
         raise ModelSourceError(
-            f"organism files are missing: {sub / 'model.safetensors'} does not exist. Build them "
-            f"with `python -m mechclaims.organism build --arch {arch} --out {d}`, or set "
+            f"organism files are missing: {weights} does not exist. Build them with "
+            f"`python -m mechclaims.organism build --arch {arch} --out {lay.root}`, or set "
             "MECHCLAIMS_FIXTURES to the fixtures directory that holds organism/<arch>/."
         )
-    model = AutoModelForCausalLM.from_pretrained(sub, dtype=dtype)
-    tok = PreTrainedTokenizerFast.from_pretrained(sub)
-    weights_sha = _weights_sha(sub)
-    name = arch if variant == "" else f"{arch}-{variant}"
-    if variant in DERIVED:
-        recipes = json.loads((d / "derived.json").read_text())
-        recipe = recipes[variant]
-        apply_recipe(model, recipe)
-        sha = recipe_sha256(weights_sha, recipe)
-    else:
-        sha = weights_sha
-    model.to(device).eval()
-    info = {
-        "name": name,
-        "arch": arch,
-        "base": f"{arch}-base",
-        "sha256": sha,
-        "description": _DESCRIPTIONS[variant].format(arch=arch),
-        "dir": str(d),
-        **_files(d),
-    }
-    return model, tok, info
-
-
-def _weights_sha(sub: Path) -> str:
-    """sha256 of the weights file (about 4 MB: hashing takes milliseconds)."""
-    from .build import sha256_file
-
-    return sha256_file(sub / "model.safetensors")
+    return sha256_file(weights)
 
 
 def open_organism(name: str, *, device="cpu", dtype=None):
     """The HF model (eval mode), its tokenizer, and an info dict for organism ``name``."""
-    arch, variant = _split(name)
-    return open_organism_dir(organism_dir(arch), variant, device=device, dtype=dtype, arch=arch)
+    import torch
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from .derived import apply_recipe
+
+    arch, variant = split_name(name)
+    lay = layout(arch)
+    sub = lay.weights_dir(variant)
+    sha = organism_sha256(name)  # also checks that the files exist
+    model = AutoModelForCausalLM.from_pretrained(sub, dtype=dtype or torch.float32)
+    tok = PreTrainedTokenizerFast.from_pretrained(sub)
+    if variant in DERIVED:
+        apply_recipe(model, _recipes(lay)[variant])
+    model.to(device).eval()
+    info = {"name": name, "arch": arch, "base": f"{arch}-base", "sha256": sha,
+            "description": _DESCRIPTIONS[variant].format(arch=arch), "dir": str(lay.root), **lay.defaults()}
+    return model, tok, info
 
 
-__all__ = ["organism_names", "base_of", "organism_dir", "open_organism", "ARCHS", "DERIVED"]
+__all__ = ["organism_names", "base_of", "organism_dir", "layout", "Layout", "open_organism", "organism_sha256",
+           "split_name", "ARCHS", "DERIVED"]

@@ -48,6 +48,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from . import corpus as C  # noqa: E402
+from ..cache import atomic_write_text, sha256_file  # noqa: E402
+from ..errors import ConfigError  # noqa: E402
+from . import ARCHS  # noqa: E402
 
 MANIFEST_FORMAT = 1
 SPECIAL = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
@@ -102,7 +105,7 @@ class BuildConfig:
             return cls(arch="gpt2")
         if arch == "llama":
             return cls(arch="llama", d_mlp=384)
-        raise ValueError(f"unknown arch {arch!r}; expected gpt2 or llama.")
+        raise ConfigError(f"unknown arch {arch!r}; expected one of {ARCHS}.")
 
     @classmethod
     def micro(cls, arch: str) -> "BuildConfig":
@@ -127,31 +130,6 @@ class BuildConfig:
 # Files
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_save_pretrained(model, tok, path: Path) -> None:
     """save_pretrained into a temporary sibling directory, then swap it in."""
     path = Path(path)
@@ -173,10 +151,6 @@ def atomic_save_pretrained(model, tok, path: Path) -> None:
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line]
 
 
 # --------------------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+from ..errors import ModelSourceError
+
 RECIPE_KINDS = ("identity", "noise", "dampen")
 
 
@@ -46,18 +48,13 @@ def is_gated(model) -> bool:
     return not hasattr(model, "transformer")
 
 
-def mlp_parameter_names(model) -> list[str]:
-    prefixes = ("mlp.",)
-    return [n for n, _ in model.named_parameters() if any(p in n for p in prefixes)]
-
-
 def apply_recipe(model, recipe: dict):
     """Edit ``model`` (a freshly loaded base) in place according to ``recipe``; return it."""
     import torch
 
     kind = recipe.get("kind")
     if kind not in RECIPE_KINDS:
-        raise ValueError(f"unknown recipe kind {kind!r}; expected one of {RECIPE_KINDS}.")
+        raise ModelSourceError(f"unknown recipe kind {kind!r}; expected one of {RECIPE_KINDS}.")
     with torch.no_grad():
         if kind == "identity":
             return model
@@ -81,7 +78,7 @@ def apply_recipe(model, recipe: dict):
             elif method == "up_scale":
                 mlp.up_proj.weight[int(idx), :] *= amount
             else:
-                raise ValueError(f"unknown dampening method {method!r}; expected bias_shift or up_scale.")
+                raise ModelSourceError(f"unknown dampening method {method!r}; expected bias_shift or up_scale.")
         return model
 
 

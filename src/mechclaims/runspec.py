@@ -1,0 +1,218 @@
+"""Options -> one frozen ``RunSpec``: every input of a claim run resolved once, before any model.
+
+``resolve_run(config)`` fills the organism defaults, resolves the model and base sources into
+hashed ``Source`` records, reads and hashes the prompts, loads the probe (a few KB) and checks
+its width against the model's config file, resolves the scorer by name, and checks every path
+the run will read or write. Everything cheap that can be wrong is found here, before a single
+weight is loaded; every later stage (analysis, behaviour, report) takes the ``RunSpec`` and
+never parses an option string again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cache import default_cache_dir
+from .config import ClaimsConfig
+from .errors import ConfigError, ModelSourceError, OutputPathError
+from .provenance import display_path
+from .sources import ORGANISM_PREFIX, Source, resolve_source
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A claim run's inputs, resolved. ``config`` keeps the options as given (for the report)."""
+
+    config: ClaimsConfig
+    model: Source
+    base: Source
+    probe: object              # mechclaims.probe.Probe
+    probe_path: str
+    prompts: tuple[str, ...]
+    prompts_path: str
+    scorer: str | None         # a registered scorer spec, "auto" resolved; None: no usable scorer
+    ppl_text: str | None       # path of the perplexity text, or None
+    cache_dir: Path | None
+    organism: str | None = None  # the organism's arch when the defaults came from one
+
+    @property
+    def settings(self):
+        from .stats import StatsSettings
+
+        c = self.config
+        return StatsSettings(positions=c.positions, max_new_tokens=c.max_new_tokens,
+                             max_prompt_tokens=c.max_prompt_tokens, batch_size=c.batch_size)
+
+    @property
+    def json_report(self) -> Path:
+        return self.config.json_report
+
+    def inputs(self) -> dict:
+        """What the run reads, as shown in reports (paths relative to the working directory)."""
+        return {"model": self.model.describe(), "base": self.base.describe(),
+                "probe": display_path(self.probe_path), "prompts": display_path(self.prompts_path),
+                "scorer": self.scorer, "ppl_text": display_path(self.ppl_text) if self.ppl_text else None}
+
+
+def organism_defaults(cfg: ClaimsConfig) -> tuple[dict, str | None]:
+    """The base, probe, prompts, scorer and perplexity text an organism model brings."""
+    if not cfg.model.startswith(ORGANISM_PREFIX):
+        return {}, None
+    from . import organism
+
+    name = cfg.model[len(ORGANISM_PREFIX):]
+    arch, _ = organism.split_name(name)
+    files = organism.layout(arch).defaults()
+    return {"base": f"{ORGANISM_PREFIX}{organism.base_of(name)}", "probe": files["probe"],
+            "prompts": files["prompts"], "scorer": f"lexicon:{files['lexicon']}",
+            "ppl_text": files["heldout"]}, arch
+
+
+def resolve_run(cfg: ClaimsConfig) -> RunSpec:
+    """Resolve and check every input of a run; raises a MechclaimsError (a setup error) naming
+    the option at fault. Loads no model weights."""
+    from .probe import load_probe
+    from .prompts import read_prompts
+    from .scoring import resolve_scorer_spec
+
+    defaults, arch = organism_defaults(cfg)
+    base_s = cfg.base or defaults.get("base", "")
+    probe_s = cfg.probe or defaults.get("probe", "")
+    prompts_s = cfg.prompts or defaults.get("prompts", "")
+    missing = [opt for opt, val in (("--base", base_s), ("--probe", probe_s), ("--prompts", prompts_s)) if not val]
+    if missing:
+        raise ConfigError(
+            f"--model {cfg.model!r} is not an organism, so {', '.join(missing)} must be given: the "
+            "base checkpoint it was fine-tuned from, a probe direction for its d_model, and the "
+            "prompts to generate from (e.g. RealToxicityPrompts' challenge subset as .jsonl)."
+        )
+    check_device(cfg.device)
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    _check_writable_dir(cache_dir, "--cache-dir (or MECHCLAIMS_CACHE_DIR)")
+    base = resolve_source(base_s, memo_dir=cache_dir)
+    model = resolve_source(cfg.model, base=base, memo_dir=cache_dir)
+    dims = model_dims(base)
+    probe = load_probe(probe_s, d_model=dims.get("d_model"))
+    prompts = tuple(read_prompts(prompts_s))
+    _check_context(cfg, dims)
+    scorer = resolve_scorer_spec(cfg.scorer, organism_default=defaults.get("scorer"), probe=probe)
+    ppl_text = cfg.ppl_text or defaults.get("ppl_text") or None
+    if ppl_text and not Path(ppl_text).expanduser().is_file():
+        raise ConfigError(f"--ppl-text {ppl_text!r} is not a file (looked at {Path(ppl_text).resolve()}); "
+                          "expected a UTF-8 text file to measure perplexity on (e.g. WikiText-2 test).")
+    spec = RunSpec(cfg, model, base, probe, str(probe_s), prompts, str(prompts_s), scorer, ppl_text,
+                   cache_dir, arch)
+    check_outputs(spec)
+    return spec
+
+
+def check_device(device: str) -> None:
+    """``cpu``, ``cuda``, ``cuda:N`` (present on this machine), or ``mps`` where available."""
+    import re
+
+    import torch
+
+    m = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", str(device))
+    if not m:
+        raise ConfigError(f"--device {device!r} is not a device; expected cpu, cuda, cuda:N or mps.")
+    kind, index = m.group(1), m.group(2)
+    if kind == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"--device {device!r}: this machine has no CUDA device (torch {torch.__version__}, "
+                              f"CUDA build: {torch.version.cuda is not None}); use --device cpu, or install a "
+                              "CUDA build of torch on a machine with a GPU.")
+        if index is not None and int(index) >= n:
+            raise ConfigError(f"--device {device!r}: only {n} CUDA device(s) here (cuda:0 .. cuda:{n - 1}).")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"--device {device!r}: MPS is not available on this machine; use --device cpu.")
+
+
+def model_dims(source: Source) -> dict:
+    """d_model, vocabulary size and context length from the model's config file, without weights."""
+    cfg = _config_json(source)
+    if cfg is None:
+        return {}
+    d_model = cfg.get("hidden_size", cfg.get("n_embd", cfg.get("d_model")))
+    ctx = cfg.get("max_position_embeddings", cfg.get("n_positions", cfg.get("n_ctx")))
+    return {k: int(v) for k, v in (("d_model", d_model), ("context", ctx), ("vocab", cfg.get("vocab_size")))
+            if isinstance(v, int)}
+
+
+def _config_json(source: Source) -> dict | None:
+    if source.kind == "weights":
+        return _config_json(source.base)
+    if source.kind == "organism":
+        from . import organism
+
+        arch, variant = organism.split_name(source.location)
+        path = organism.layout(arch).weights_dir(variant) / "config.json"
+    elif source.kind == "dir":
+        path = Path(source.location) / "config.json"
+    else:
+        from .sources import hub_snapshot_dir
+
+        snap = hub_snapshot_dir(source.location)
+        path = snap / "config.json" if snap else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"{path} is not a readable JSON model config ({exc}); is the checkpoint "
+                               "complete?") from exc
+    return data if isinstance(data, dict) else None
+
+
+def _check_context(cfg: ClaimsConfig, dims: dict) -> None:
+    ctx = dims.get("context")
+    need = cfg.max_prompt_tokens + cfg.max_new_tokens
+    if ctx and need > ctx:
+        raise ConfigError(
+            f"--max-new-tokens {cfg.max_new_tokens} plus max_prompt_tokens {cfg.max_prompt_tokens} is "
+            f"{need} positions, beyond the model's context of {ctx}; lower --max-new-tokens to at most "
+            f"{ctx - cfg.max_prompt_tokens}.")
+
+
+def check_outputs(spec: RunSpec) -> None:
+    """No output may overwrite an input or another output; the report location must be writable."""
+    html = Path(spec.config.report).expanduser().resolve()
+    js = spec.json_report.expanduser().resolve()
+    if html.suffix.lower() == ".json" or html == js:
+        raise OutputPathError(
+            f"--report {spec.config.report!r} would put the HTML report where claims.json goes; "
+            "expected an .html path (the JSON is written beside it with the suffix .json).")
+    inputs = {Path(p).expanduser().resolve(): opt for opt, p in
+              (("--probe", spec.probe_path), ("--prompts", spec.prompts_path), ("--ppl-text", spec.ppl_text))
+              if p}
+    for src in (spec.model, spec.base):
+        if src.kind in ("dir", "weights"):
+            inputs[Path(src.location).resolve()] = "a model source"
+    for out in (html, js):
+        if out in inputs:
+            raise OutputPathError(f"--report would write {out}, which is {inputs[out]}; choose another path.")
+        for inp, what in inputs.items():
+            if inp.is_dir() and inp in out.parents:
+                raise OutputPathError(f"--report would write {out} inside {what} ({inp}); choose another path.")
+        if out.exists() and out.is_dir():
+            raise OutputPathError(f"--report {str(out)!r} is a directory; expected a file path such as "
+                                  "reports/claims.html.")
+    _check_writable_dir(html.parent, "--report")
+
+
+def _check_writable_dir(d: Path, option: str) -> None:
+    """The nearest existing ancestor of ``d`` must be a writable directory."""
+    import os
+
+    probe = d
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise OutputPathError(f"{option}: cannot write into {d} ({probe} is "
+                              f"{'not a directory' if not probe.is_dir() else 'read-only'}); choose a "
+                              "writable location.")
+
+
+__all__ = ["RunSpec", "resolve_run", "model_dims", "check_outputs", "organism_defaults"]
