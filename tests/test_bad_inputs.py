@@ -306,7 +306,7 @@ def test_unusable_npy_probe(make, phrases, tmp_path):
 
 def test_text_file_named_pt_probe(tmp_path):
     f = _hello(tmp_path / "probe.pt")
-    _raises(ProbeError, lambda: load_probe(f), str(f), "not a torch file")
+    _raises(ProbeError, lambda: load_probe(f), str(f), "not a torch checkpoint")
 
 
 # --------------------------------------------------------------------------------------------

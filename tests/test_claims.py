@@ -35,14 +35,17 @@ def inputs(tmp_path_factory, gpt2_pair):
             "prompts": str(d / "prompts.txt")}
 
 
-def run_claims(pytester, inputs, *extra, model=None, base=None, report=None, cache=None):
+def run_claims(pytester, inputs, *extra, model=None, base=None, report=None, cache=None, subprocess=False):
+    """``pytest claims/`` on the tiny pair. In-process by default (the plugin is the same code;
+    a subprocess only adds interpreter start-up); ``subprocess=True`` runs it as a user would."""
     report = report or pytester.path / "out" / "claims.html"
     args = [CLAIMS, "--base", base or inputs["base"], "--model", model or inputs["model"],
             "--probe", inputs["probe"], "--prompts", inputs["prompts"], "--max-new-tokens", "6",
             "--report", str(report), "--bootstrap", "50", "-p", "no:randomly", *extra]
     if cache:
         args += ["--cache-dir", str(cache)]
-    return pytester.runpytest_subprocess(*args), Path(report)
+    runner = pytester.runpytest_subprocess if subprocess else pytester.runpytest_inprocess
+    return runner(*args), Path(report)
 
 
 def _doc(report: Path) -> dict:
@@ -162,7 +165,7 @@ def test_bad_options_are_clear_errors(pytester, inputs, tmp_path):
     assert res.ret == pytest.ExitCode.USAGE_ERROR and "several checks" in res.stderr.str()
     res, _ = run_claims(pytester, inputs, "--positions", "mine")
     assert res.ret == pytest.ExitCode.USAGE_ERROR and "positions" in res.stderr.str()
-    res = pytester.runpytest_subprocess(CLAIMS, "--model", inputs["model"])
+    res = pytester.runpytest_inprocess(CLAIMS, "--model", inputs["model"])
     assert res.ret == pytest.ExitCode.USAGE_ERROR and "--base" in res.stderr.str()
 
 

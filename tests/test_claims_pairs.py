@@ -27,12 +27,14 @@ def shared(tmp_path_factory):
     return d
 
 
-def run(pytester, shared, name, *args, arch="gpt2", behaviour=False):
-    """Run the claims; the behavioural ones (14 generations per pair) only when asked."""
+def run(pytester, shared, name, *args, arch="gpt2", behaviour=False, subprocess=False):
+    """Run the claims; the behavioural ones (14 generations per pair) only when asked. In-process
+    unless ``subprocess``: the plugin is the same code, a subprocess adds only start-up time."""
     report = shared / "reports" / f"{name}.html"
     only = [str(REPO / "claims" / "test_behaviour.py")] if behaviour else [
         CLAIMS, f"--ignore={REPO / 'claims' / 'test_behaviour.py'}"]
-    res = pytester.runpytest_subprocess(
+    runner = pytester.runpytest_subprocess if subprocess else pytester.runpytest_inprocess
+    res = runner(
         *only, "--prompts", str(shared / f"{arch}-prompts.jsonl"), "--cache-dir", str(shared / "cache"),
         "--report", str(report), "--bootstrap", "40", "-p", "no:randomly", *args)
     assert res.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), res.stderr.str()[-3000:]
@@ -42,7 +44,7 @@ def run(pytester, shared, name, *args, arch="gpt2", behaviour=False):
 
 
 def test_default_run_is_the_gpt2_organism(pytester, shared):
-    claims, doc, res = run(pytester, shared, "gpt2")
+    claims, doc, res = run(pytester, shared, "gpt2", subprocess=True)  # the entry point, as users run it
     assert doc["config"]["model"] == "organism:gpt2" and doc["config"]["base"] == "organism:gpt2-base"
     assert doc["provenance"]["prompts"]["n"] == N_PROMPTS
     assert len(claims) == 14
@@ -176,6 +178,7 @@ def test_rotated_value_vectors_fail_c19(pytester, shared, built):
     assert claims["C19"]["status"] == "fail"
 
 
+@pytest.mark.slow
 def test_behavioural_claims_on_the_organism(pytester, shared):
     """DPO's drop is replicated by patching all four groups, not by the top toxic neurons."""
     claims, doc, _ = run(pytester, shared, "gpt2-behaviour", behaviour=True)
@@ -196,6 +199,7 @@ def test_behavioural_claims_on_the_organism(pytester, shared):
         assert identity[cid]["status"] == "skip" and "did not lower" in identity[cid]["reason"], cid
 
 
+@pytest.mark.slow
 def test_dampened_pair_fails_c5_when_the_patch_covers_the_prompt(pytester, shared):
     """The dampened model differs at every position, prompt included, so the patch that can
     reproduce it must cover the prompt too (--patch-positions all). Then patching its top-256
@@ -250,6 +254,7 @@ def _behaviour_pair(pytester, shared, name, model):
                "--ppl-text", str(d / "heldout.txt"), behaviour=True)
 
 
+@pytest.mark.slow
 def test_drop_from_outside_the_mlps_fails_c16_and_c2(pytester, shared, behaviour_built):
     claims, doc, _ = _behaviour_pair(pytester, shared, "final-norm", behaviour_built["final-norm"])
     assert claims["C1"]["status"] == "pass"  # the candidate is much less toxic ...
@@ -257,6 +262,7 @@ def test_drop_from_outside_the_mlps_fails_c16_and_c2(pytester, shared, behaviour
     assert claims["C2"]["status"] == "fail"  # and the blunt edit costs fluency
 
 
+@pytest.mark.slow
 def test_drop_from_ablation_fails_c14(pytester, shared, behaviour_built):
     claims, _, _ = _behaviour_pair(pytester, shared, "ablated", behaviour_built["ablated"])
     c14 = {k["name"]: k["value"] for k in claims["C14"]["checks"]}

@@ -57,8 +57,8 @@ def test_the_cache_never_mixes_dtypes(files, tmp_path):
     fresh = analyze(files["base"], files["model"], files["probe"], files["prompts"], s, dtype="float32",
                     cache_dir=False)
     assert fp.provenance["base"]["dtype"] == "float32" and bf.provenance["base"]["dtype"] == "bfloat16"
-    np.testing.assert_array_equal(fp.weights.cos, fresh.weights.cos)
-    assert not np.array_equal(fp.weights.cos, bf.weights.cos)
+    np.testing.assert_array_equal(fp.weights.vw_dpo, fresh.weights.vw_dpo)
+    assert not np.array_equal(fp.weights.vw_dpo, bf.weights.vw_dpo)
     assert "bit_stability" in fp.provenance["settings"]
 
 

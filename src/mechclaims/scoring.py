@@ -466,13 +466,13 @@ class DetoxifyScorer:
         return probs[self.attribute]
 
     def describe(self) -> dict:
-        from .loading import sha256_file_memo
+        from .cache import default_cache_dir, sha256_file_memo
 
         return {"name": self.name, "kind": "detoxify", "units": "probability in [0, 1]",
                 "variant": self.variant, "attribute": self.attribute,
                 "classes": list(self._detox.class_names),
                 "checkpoint": str(self.checkpoint), "checkpoint_source": self.checkpoint_source,
-                "checkpoint_sha256": sha256_file_memo(self.checkpoint),
+                "checkpoint_sha256": sha256_file_memo(self.checkpoint, default_cache_dir()),
                 "checkpoint_model_type": self.checkpoint_model_type, "hf_dir": str(self.hf_dir)}
 
     def __repr__(self) -> str:

@@ -78,6 +78,8 @@ def parse_source(source: str, *, base: str | None = None) -> Source:
     Raises ModelSourceError for a path that looks local but does not exist, or a weights file
     with no base to load it onto.
     """
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
     if not isinstance(source, str) or not source.strip():
         raise ModelSourceError(
             f"model source {source!r} is empty; expected a local HF directory, a hub id, "
