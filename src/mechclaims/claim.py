@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from .errors import ConfigError
 
@@ -69,6 +69,7 @@ class ClaimContext:
     d_mlp: int
     gated_mlp: bool
     top_k: int = 128
+    probe_metadata: Mapping[str, Any] = field(default_factory=dict)  # e.g. heldout_accuracy
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,8 @@ class ClaimSuite:
     def _context(self) -> ClaimContext:
         a = self.analysis.attribution
         gated = bool(self.analysis.provenance["base"]["gated_mlp"])
-        return ClaimContext(n_layers=a.n_layers, d_mlp=a.d_mlp, gated_mlp=gated, top_k=self.config.top_k)
+        return ClaimContext(n_layers=a.n_layers, d_mlp=a.d_mlp, gated_mlp=gated, top_k=self.config.top_k,
+                            probe_metadata=dict(getattr(self.run.probe, "metadata", {}) or {}))
 
     def _behaviour(self, progress):
         """Intervention results on the run's resolved inputs; the models and the scorer are
