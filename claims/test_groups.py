@@ -65,6 +65,6 @@ def test_C12_shrink_asymmetry(a, ctx):
        checks=[Check("late_minus_early", ">", 0.0, "net(late half) − net(early half)"),
                Check("tp_an_share_last_third", ">", 0.5, "TP↓+AN↓ share, last third")],
        source="v1 Fig. 3 caption (qualitative; exploratory)", paper_value="GPT-2 medium: qualitative only",
-       applies=_needs_positive)
+       applies=_needs_positive, tags=("exploratory",))
 def test_C13_later_layers_dominate(a, ctx):
     return layer_halves(a)

@@ -19,7 +19,7 @@ def _no_change(a, ctx):
                  "deltas is positive.",
        checks=[Check("net", ">", 0.0, "net Σ Δ")],
        source="v2 equation; figures/contribution_plot_*.ipynb",
-       paper_value="GPT-2 medium 7.216; Gemma-2 0.175; Mistral 0.314")
+       paper_value="GPT-2 medium 7.216; Gemma-2 0.175; Mistral 0.314", tags=("gate",))
 def test_C0_net_reduction(a, ctx):
     return {"net": net(a)}
 

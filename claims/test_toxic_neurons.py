@@ -11,7 +11,7 @@ from mechclaims.metrics import needs_group_a_reduction, needs_reduction, shares_
                  "were dampened by DPO account for < 10% of the gross reduction.",
        checks=[Check("share", "<", 0.10, "Σ Δ(top-128, act>0, dampened) / Σ_{Δ>0} Δ")],
        source="v2 abstract; figures/eda_activation.ipynb cells 6, 8",
-       paper_value="GPT-2 medium 0.049 (2.333 / 47.963)", applies=needs_reduction)
+       paper_value="GPT-2 medium 0.049 (2.333 / 47.963)", applies=needs_reduction, tags=("gate",))
 def test_C3_v2_toxic_neuron_share(a, ctx):
     s = v2_toxic_share(a, ctx.top_k)
     return {"share": s["share"], "n_selected": s["n_selected"]}
@@ -39,7 +39,7 @@ def _gelu_only(a, ctx):
                  "activation (GELU models).",
        checks=[Check("frac_negative", ">", 0.5, "fraction of top-128 with act < 0")],
        source="v1 Fig. 4; activation_patching_gpt2.ipynb cell 45", paper_value="GPT-2 medium 92/128 = 0.72",
-       applies=_gelu_only)
+       applies=_gelu_only, tags=("exploratory",))
 def test_C20_toxic_neurons_negatively_activated(a, ctx):
     top = top_k_by_cos(a.cos, ctx.top_k)
     return {"frac_negative": float((a.act_base.ravel()[top] < 0).mean())}
@@ -49,7 +49,7 @@ def test_C20_toxic_neurons_negatively_activated(a, ctx):
        statement="The mean activation of the top-5 toxic value vectors is lower after DPO "
                  "(Lee et al.'s activation drop).",
        checks=[Check("drop", ">", 0.0, "mean act_base − act_dpo over the top-5 by cos")],
-       source="Lee et al. 2024, Fig. 2", paper_value="GPT-2 medium: drop shown, no number")
+       source="Lee et al. 2024, Fig. 2", paper_value="GPT-2 medium: drop shown, no number", tags=("exploratory",))
 def test_C23_activation_drop(a, ctx):
     top = top_k_by_cos(a.cos, 5)
     return {"drop": float(np.mean(a.adiff.ravel()[top]))}

@@ -30,6 +30,11 @@ SHARE_RANGE = (-1.0, 2.0)
 #: What a claim's metric reads: activations and weights (the attribution), or generations under
 #: interventions (``mechclaims.behaviour``; perplexity is measured with them when a text is given).
 NEEDS = ("A", "G")
+#: Claim tags, applied as pytest markers (``pytest claims/ -m gate``).
+TAGS = {
+    "gate": "a claim a safety release should hold (README: Gate a fine-tune in CI)",
+    "exploratory": "a qualitative or descriptive finding of the paper; informative, not a gate",
+}
 
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
@@ -84,6 +89,7 @@ class ClaimSpec:
     applies: Callable | None = field(default=None, compare=False)
     family: str = ""
     needs: str = "A"  # one of NEEDS
+    tags: tuple[str, ...] = ()  # keys of TAGS
 
     def with_thresholds(self, overrides: dict[str, float]) -> "ClaimSpec":
         names = {c.name for c in self.checks}
@@ -95,16 +101,19 @@ class ClaimSpec:
 
 
 def claim(id: str, slug: str, *, statement: str, checks: list[Check], source: str, paper_value: str,
-          applies: Callable | None = None, needs: str = "A"):
+          applies: Callable | None = None, needs: str = "A", tags: tuple[str, ...] = ()):
     """Declare a claim; returns a pytest test function named like the metric function."""
 
     if needs not in NEEDS:
         raise ConfigError(f"claim {id}: needs must be one of {NEEDS}, got {needs!r}.")
+    unknown = sorted(set(tags) - set(TAGS))
+    if unknown:
+        raise ConfigError(f"claim {id}: unknown tags {unknown}; known tags: {sorted(TAGS)}.")
 
     def decorate(metric: Callable):
         spec = ClaimSpec(id=id, slug=slug, statement=statement, checks=tuple(checks), source=source,
                          paper_value=paper_value, metric=metric, applies=applies,
-                         family=metric.__module__.rsplit(".", 1)[-1], needs=needs)
+                         family=metric.__module__.rsplit(".", 1)[-1], needs=needs, tags=tuple(tags))
 
         def test(mechclaims_claims):
             mechclaims_claims.verify(spec.id)

@@ -155,6 +155,8 @@ def open_hf(spec: SourceSpec, *, dtype: str = "float32"):
 
         hf, tok, info = organism.open_organism(spec.location, dtype=tdtype)
         return hf.eval(), tok, dict(info)
+    if spec.kind == "adapter":
+        return _open_adapter(spec, dtype)
     if spec.kind == "weights":
         hf, tok, _ = open_hf(spec.base, dtype=dtype)
         state = load_state_dict(spec.location)
@@ -320,6 +322,25 @@ def _open_pickled_dir(spec: SourceSpec, files: list[Path], tdtype):
         state.update(load_state_dict(str(f)))
     _load_into(hf, state, str(files[0]) if len(files) == 1 else spec.location)
     return hf
+
+
+def _open_adapter(spec: Source, dtype: str):
+    """A PEFT adapter merged into a fresh copy of its base (``merge_and_unload``): the statistics
+    run on the merged weights, exactly as if the fine-tune had been saved in full. PEFT reads
+    the adapter weights with ``torch.load(weights_only=True)`` or safetensors."""
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise ModelSourceError(f"{spec.location!r} is a PEFT adapter; install peft to load it "
+                               "(pip install 'mechclaims[peft]').") from exc
+    hf, tok, _ = open_hf(spec.base, dtype=dtype)
+    try:
+        merged = PeftModel.from_pretrained(hf, spec.location).merge_and_unload()
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelSourceError(
+            f"could not apply the adapter {spec.location!r} to its base {str(spec.base)!r} "
+            f"({type(exc).__name__}: {str(exc)[:300]}); is it an adapter of this base?") from exc
+    return merged.eval(), tok, {"adapter": spec.location, "merged": "peft merge_and_unload"}
 
 
 def load_state_dict(path: str) -> dict:

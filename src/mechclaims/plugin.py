@@ -63,6 +63,8 @@ class _State:
         self.run = None
         self.suite = None
         self.error = None          # the setup error that stopped the session, if any
+        self.error_reported = False
+        self.compute_seconds = None
         self.report_paths = None
         self.stale_removed = []
 
@@ -73,6 +75,10 @@ _KEY = pytest.StashKey[_State]()
 def pytest_configure(config):
     config.stash[_KEY] = _State()
     config.addinivalue_line("markers", "mechclaims_claim(id): a mechclaims claim test (added automatically)")
+    from .claim import TAGS
+
+    for tag, meaning in TAGS.items():
+        config.addinivalue_line("markers", f"{tag}: {meaning}")
 
 
 def _spec(item):
@@ -83,6 +89,8 @@ def pytest_itemcollected(item):
     spec = _spec(item)
     if spec is not None:
         item.add_marker(pytest.mark.mechclaims_claim(spec.id))
+        for tag in spec.tags:  # gate, exploratory: `pytest claims/ -m gate`
+            item.add_marker(getattr(pytest.mark, tag))
 
 
 @pytest.hookimpl(trylast=True)
@@ -147,40 +155,85 @@ class _Verifier:
     def verify(self, cid: str) -> None:
         state = self._state
         if state.error is not None:
-            pytest.skip("mechclaims stopped: the setup error is reported once, above")
-        if state.suite is None:
-            from .suite import ClaimSuite
-
-            suite = ClaimSuite(state.run, state.specs)
-            try:
-                suite.compute()
-            except Exception as exc:  # noqa: BLE001 - any failure to compute is a broken setup
-                self._stop(exc)
-            state.suite = suite
+            if state.error_reported:
+                pytest.skip("mechclaims stopped: the setup error is reported once, above")
+            self._stop(state.error)
+        if state.suite is None:  # not computed before the loop (e.g. the test was called directly)
+            _compute(state, self._node.session)
+            if state.error is not None:
+                self._stop(state.error)
         r = state.suite.result(cid)
+        props = self._node.user_properties
+        props.append(("claim_id", cid))
         for c in r.checks:
-            self._node.user_properties.append((f"{c.check.name}", f"{c.value:.6g}"))
-            self._node.user_properties.append((f"{c.check.name}_ci", f"[{c.lo:.6g}, {c.hi:.6g}]"))
-            self._node.user_properties.append((f"{c.check.name}_threshold", f"{c.check.op} {c.check.threshold:g}"))
-        self._node.user_properties.append(("verdict", r.status + (" (unstable)" if r.unstable else "")))
+            n = c.check.name
+            props.extend([(f"{n}.value", _num(c.value)), (f"{n}.ci_low", _num(c.lo)), (f"{n}.ci_high", _num(c.hi)),
+                          (f"{n}.op", c.check.op), (f"{n}.threshold", _num(c.check.threshold)),
+                          (f"{n}.verdict", "pass" if (c.holds_strict if r.strict else c.holds) else "fail"),
+                          (f"{n}.unstable", str(c.unstable).lower())])
+        prov = state.suite.analysis.provenance
+        props.extend([("verdict", r.status), ("unstable", str(r.unstable).lower()),
+                      ("model_sha256", prov["model"]["sha256"]), ("base_sha256", prov["base"]["sha256"])])
         if r.status == "skip":
             pytest.skip(f"{cid} does not apply: {r.reason}")
         if r.status == "fail":
             pytest.fail(r.message() + (f" — {r.reason}" if r.reason else ""), pytrace=False)
 
     def _stop(self, exc: BaseException) -> None:
-        """A broken setup stops the session once: one message, exit status 4 (usage error).
-        Numerical errors (a NaN statistic) are results, not setup: they fail the claim run too,
-        but the message says so."""
+        """A broken setup stops the session once: one message, exit status 4 (usage error)."""
         from .errors import MechclaimsError
 
         state = self._state
-        state.error = exc
+        state.error, state.error_reported = exc, True
         session = self._node.session
         session.shouldstop = "mechclaims could not compute the analysis"
         kind = "" if isinstance(exc, MechclaimsError) else f"{type(exc).__name__}: "
         pytest.fail(f"mechclaims could not compute the analysis, so no claim was checked: {kind}{exc}",
                     pytrace=False)
+
+
+def _num(x: float) -> str:
+    """A plain number for dashboards: repr of the float; NaN/inf as the words JUnit readers take."""
+    import math
+
+    return repr(float(x)) if math.isfinite(x) else str(float(x)).lower()
+
+
+def _compute(state, session) -> None:
+    """Everything the selected claims need, once, before the first claim test runs; its time
+    goes to a suite-level JUnit property, not to the first test case."""
+    import time
+
+    from .suite import ClaimSuite
+
+    t0 = time.perf_counter()
+    suite = ClaimSuite(state.run, state.specs)
+    try:
+        suite.compute()
+    except Exception as exc:  # noqa: BLE001 - any failure to compute is a broken setup
+        state.error = exc
+        return
+    finally:
+        state.compute_seconds = time.perf_counter() - t0
+    state.suite = suite
+    try:
+        from _pytest.junitxml import xml_key
+
+        xml = session.config.stash.get(xml_key, None)
+    except ImportError:  # pragma: no cover - pytest internals moved
+        xml = None
+    if xml is not None:
+        xml.add_global_property("mechclaims_compute_seconds", f"{state.compute_seconds:.3f}")
+        xml.add_global_property("mechclaims_from_cache", str(suite.analysis.provenance["from_cache"]).lower())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtestloop(session):
+    state = session.config.stash.get(_KEY, None)
+    if (state is not None and state.run is not None and state.specs and session.items
+            and not session.config.option.collectonly):
+        _compute(state, session)
+    yield
 
 
 @pytest.fixture

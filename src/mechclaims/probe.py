@@ -247,6 +247,119 @@ def train_probe(model, texts: list[str], labels: list[int], *, test_size: float 
     return Probe(torch.from_numpy(clf.coef_[0].astype(np.float64)), meta)
 
 
+#: Default columns of labelled data, first present wins (Jigsaw's train.csv: comment_text, toxic).
+TEXT_COLUMNS = ("text", "comment_text", "prompt")
+LABEL_COLUMNS = ("label", "toxic", "is_toxic")
+MIN_LABELLED_ROWS = 10
+_LABEL_WORDS = {"0": 0, "1": 1, "false": 0, "true": 1}
+
+
+def read_labelled(path: str | Path, text_column: str | None = None,
+                  label_column: str | None = None) -> tuple[list[str], list[int]]:
+    """Texts and 0/1 labels (1 = toxic) from a ``.jsonl`` (one object per line) or ``.csv``
+    (header row) file. Default columns: the first of ``TEXT_COLUMNS`` / ``LABEL_COLUMNS``
+    present, so Jigsaw's ``train.csv`` (``comment_text``, ``toxic``) works as is. Labels may be
+    0/1, "0"/"1", true/false or 0.0/1.0; anything else is a ProbeError naming file:line."""
+    import csv
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ProbeError(f"got data file {str(path)!r}, which does not exist (looked at {p.resolve()}); "
+                         "expected a .jsonl or .csv file of labelled texts; check the path.")
+    suffix = p.suffix.lower()
+    if suffix not in (".jsonl", ".csv"):
+        raise ProbeError(f"{p}: got a {suffix or 'suffix-less'} file; expected .jsonl (one JSON object "
+                         "per line) or .csv (with a header row); convert it or rename it.")
+    rows: list[tuple[int, dict]] = []  # (line number, record)
+    try:
+        with open(p, encoding="utf-8-sig", newline="") as f:
+            if suffix == ".csv":
+                reader = csv.DictReader(f)
+                columns = list(reader.fieldnames or [])
+                start = 2
+                for rec in reader:
+                    rows.append((start, rec))
+                    start = reader.line_num + 1
+            else:
+                columns = []
+                for i, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise ProbeError(f"{p}:{i}: got a line that is not JSON ({exc.msg}); expected "
+                                         "one JSON object per line; fix or remove the line.") from None
+                    if not isinstance(rec, dict):
+                        raise ProbeError(f"{p}:{i}: got a JSON {type(rec).__name__}; expected an object "
+                                         'such as {"text": "...", "label": 1}; fix the line.')
+                    columns += [k for k in rec if k not in columns]
+                    rows.append((i, rec))
+    except UnicodeDecodeError as exc:
+        raise ProbeError(f"{p}: got bytes that are not UTF-8 ({exc.reason} at byte {exc.start}); expected "
+                         "a UTF-8 text file; re-save it as UTF-8.") from None
+    except csv.Error as exc:
+        raise ProbeError(f"{p}: got malformed CSV ({exc}); expected a header row and one row per "
+                         "text; fix the file.") from None
+    text_col = _pick_column(p, columns, text_column, TEXT_COLUMNS, "text", "--text-column")
+    label_col = _pick_column(p, columns, label_column, LABEL_COLUMNS, "label", "--label-column")
+    texts, labels = [], []
+    for line, rec in rows:
+        text, raw = rec.get(text_col), rec.get(label_col)
+        if not isinstance(text, str) or not text.strip():
+            raise ProbeError(f"{p}:{line}: got {text!r} in text column {text_col!r}; expected a "
+                             "non-empty string; fix or remove the row.")
+        texts.append(text)
+        labels.append(_parse_label(raw, f"{p}:{line}", label_col))
+    n = len(labels)
+    if n < MIN_LABELLED_ROWS:
+        raise ProbeError(f"{p}: got {n} labelled row(s); expected at least {MIN_LABELLED_ROWS} "
+                         "(a probe is fitted on some and scored on the rest); add rows.")
+    counts = {c: labels.count(c) for c in (0, 1)}
+    if min(counts.values()) < 2:
+        raise ProbeError(f"{p}: got {counts[0]} clean (0) and {counts[1]} toxic (1) rows in column "
+                         f"{label_col!r}; expected at least 2 of each class; add rows of the missing "
+                         "class or pick the right --label-column.")
+    return texts, labels
+
+
+def _pick_column(p: Path, columns: list, given: str | None, defaults: tuple, what: str, opt: str) -> str:
+    if given is not None:
+        if given in columns:
+            return given
+        raise ProbeError(f"{p}: got {opt} {given!r}, which is not a column; the columns found are "
+                         f"{columns}; pass one of them as {opt}.")
+    for c in defaults:
+        if c in columns:
+            return c
+    raise ProbeError(f"{p}: got no {what} column (looked for {', '.join(defaults)}); the columns found "
+                     f"are {columns}; pass the right one as {opt}.")
+
+
+def _parse_label(raw, where: str, column: str) -> int:
+    import math
+
+    value = None
+    if isinstance(raw, bool):
+        value = int(raw)
+    elif isinstance(raw, (int, float)):
+        value = int(raw) if math.isfinite(raw) and raw in (0, 1) else None
+    elif isinstance(raw, str):
+        s = raw.strip().lower()
+        value = _LABEL_WORDS.get(s)
+        if value is None:
+            try:
+                f = float(s)
+                value = int(f) if f in (0.0, 1.0) else None
+            except ValueError:
+                pass
+    if value is None:
+        raise ProbeError(f"{where}: got label {raw!r} in column {column!r}; expected 0 (clean) or 1 "
+                         '(toxic) (also "0"/"1", true/false, 0.0/1.0); fix the row or pick another '
+                         "--label-column.")
+    return value
+
+
 def probe_summary(probe: Probe) -> dict:
     return {"sha256": probe.sha256, "d_model": probe.d_model,
             "metadata": json.loads(json.dumps(probe.metadata, default=str))}

@@ -36,6 +36,7 @@ class RunSpec:
     ppl_text: str | None       # path of the perplexity text, or None
     cache_dir: Path | None
     organism: str | None = None  # the organism's arch when the defaults came from one
+    base_from: str = "--base"    # where the base came from (given, organism, adapter config, ...)
 
     @property
     def settings(self):
@@ -51,7 +52,7 @@ class RunSpec:
 
     def inputs(self) -> dict:
         """What the run reads, as shown in reports (paths relative to the working directory)."""
-        return {"model": self.model.describe(), "base": self.base.describe(),
+        return {"model": self.model.describe(), "base": {**self.base.describe(), "from": self.base_from},
                 "probe": display_path(self.probe_path), "prompts": display_path(self.prompts_path),
                 "scorer": self.scorer, "ppl_text": display_path(self.ppl_text) if self.ppl_text else None}
 
@@ -78,16 +79,22 @@ def resolve_run(cfg: ClaimsConfig) -> RunSpec:
     from .scoring import resolve_scorer_spec
 
     defaults, arch = organism_defaults(cfg)
-    base_s = cfg.base or defaults.get("base", "")
+    base_s, base_from = cfg.base, "--base (or [tool.mechclaims] base)"
+    if not base_s and defaults:
+        base_s, base_from = defaults["base"], "the organism's base"
     probe_s = cfg.probe or defaults.get("probe", "")
     prompts_s = cfg.prompts or defaults.get("prompts", "")
-    missing = [opt for opt, val in (("--base", base_s), ("--probe", probe_s), ("--prompts", prompts_s)) if not val]
+    missing = [opt for opt, val in (("--probe", probe_s), ("--prompts", prompts_s)) if not val]
     if missing:
         raise ConfigError(
-            f"--model {cfg.model!r} is not an organism, so {', '.join(missing)} must be given: the "
-            "base checkpoint it was fine-tuned from, a probe direction for its d_model, and the "
+            f"--model {cfg.model!r} is not an organism, so {', '.join(missing)} must be given: a "
+            "probe direction for its d_model (no probe yet? `mechclaims probe train`), and the "
             "prompts to generate from (e.g. RealToxicityPrompts' challenge subset as .jsonl)."
         )
+    if not base_s:
+        from .sources import infer_base
+
+        base_s, base_from = infer_base(cfg.model)
     check_device(cfg.device)
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
     _check_writable_dir(cache_dir, "--cache-dir (or MECHCLAIMS_CACHE_DIR)")
@@ -103,7 +110,7 @@ def resolve_run(cfg: ClaimsConfig) -> RunSpec:
         raise ConfigError(f"--ppl-text {ppl_text!r} is not a file (looked at {Path(ppl_text).resolve()}); "
                           "expected a UTF-8 text file to measure perplexity on (e.g. WikiText-2 test).")
     spec = RunSpec(cfg, model, base, probe, str(probe_s), prompts, str(prompts_s), scorer, ppl_text,
-                   cache_dir, arch)
+                   cache_dir, arch, base_from)
     check_outputs(spec)
     return spec
 
@@ -142,7 +149,7 @@ def model_dims(source: Source) -> dict:
 
 
 def _config_json(source: Source) -> dict | None:
-    if source.kind == "weights":
+    if source.kind in ("weights", "adapter"):
         return _config_json(source.base)
     if source.kind == "organism":
         from . import organism

@@ -8,7 +8,13 @@ A *model source* is one of
 - a base plus a weights file, written ``BASE::WEIGHTS`` (``gpt2-medium::dpo.pt``), the form in
   which the paper's GPT-2 DPO checkpoint was released. In a pair, a bare weights file as the
   model means ``BASE::WEIGHTS``.
+- a PEFT (LoRA) adapter directory (``adapter_config.json`` + adapter weights, as TRL saves
+  with ``peft_config``), merged into a copy of its base in memory; the base is the pair's
+  ``--base``, else the adapter's ``base_model_name_or_path``. Also ``BASE::ADAPTER_DIR``.
 - ``organism:NAME``, one of the project's own small model organisms (``mechclaims.organism``).
+
+A trainer's ``checkpoint-N/`` folder is a local directory (or an adapter directory); its
+optimizer, scheduler, RNG and training-argument files are not part of the model's hash.
 
 ``resolve_source`` parses the string and hashes the files that define the model, without
 loading any weights; the resulting ``Source`` is what every later stage takes (loading, the
@@ -29,8 +35,13 @@ from .provenance import display_path
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 # Files whose bytes define a checkpoint's behaviour; hashed for the content address.
 HASHED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".model", ".txt")
-KINDS = ("dir", "hub", "weights", "organism")
+KINDS = ("dir", "hub", "weights", "adapter", "organism")
 ORGANISM_PREFIX = "organism:"
+ADAPTER_CONFIG = "adapter_config.json"
+# Trainer state in checkpoint-N/ folders: not the model, and large (optimizer.pt), so not hashed.
+NOT_MODEL_FILES = ("optimizer.pt", "optimizer.bin", "scheduler.pt", "training_args.bin", "trainer_state.json")
+NOT_MODEL_PREFIXES = ("rng_state",)
+_WEIGHT_FILE_GLOBS = ("model*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
 
 
 @dataclass(frozen=True)
@@ -49,7 +60,7 @@ class Source:
     sha256: str = ""
 
     def __str__(self) -> str:
-        if self.kind == "weights":
+        if self.kind in ("weights", "adapter"):
             return f"{self.base}::{self.location}"
         if self.kind == "organism":
             return f"{ORGANISM_PREFIX}{self.location}"
@@ -58,7 +69,7 @@ class Source:
     @property
     def label(self) -> str:
         """How the source is shown in reports: paths relative to the working directory."""
-        if self.kind == "weights":
+        if self.kind in ("weights", "adapter"):
             return f"{self.base.label}::{display_path(self.location)}"
         if self.kind == "dir":
             return display_path(self.location)
@@ -94,6 +105,8 @@ def parse_source(source: str, *, base: str | None = None) -> Source:
         return Source("organism", name)
     if "::" in source:
         base_part, weights = source.rsplit("::", 1)
+        if is_adapter_dir(weights):
+            return Source("adapter", str(Path(weights).expanduser().resolve()), parse_source(base_part))
         return Source("weights", _check_weights_path(weights), parse_source(base_part))
     if source.lower().endswith(WEIGHT_SUFFIXES):
         if base is None:
@@ -104,6 +117,13 @@ def parse_source(source: str, *, base: str | None = None) -> Source:
             )
         return Source("weights", _check_weights_path(source), parse_source(base))
     path = Path(source).expanduser()
+    if is_adapter_dir(path):
+        base_str = base or adapter_base(path)
+        if not base_str:
+            raise ModelSourceError(
+                f"{source!r} is a PEFT adapter directory whose {ADAPTER_CONFIG} names no base model "
+                "(base_model_name_or_path); give the base: --base BASE or BASE::" + source + ".")
+        return Source("adapter", str(path.resolve()), parse_source(base_str))
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelSourceError(
@@ -119,6 +139,30 @@ def parse_source(source: str, *, base: str | None = None) -> Source:
             "local HF directory, a hub id such as gpt2-medium, BASE::WEIGHTS, or organism:NAME."
         )
     return Source("hub", source)
+
+
+def is_adapter_dir(path) -> bool:
+    """A PEFT adapter directory: ``adapter_config.json`` and no full model weights."""
+    p = Path(str(path)).expanduser()
+    return (p / ADAPTER_CONFIG).is_file() and not any(any(p.glob(g)) for g in _WEIGHT_FILE_GLOBS)
+
+
+def adapter_base(path) -> str | None:
+    """The adapter's ``base_model_name_or_path``, or None."""
+    import json
+
+    try:
+        cfg = json.loads((Path(str(path)).expanduser() / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"{Path(str(path)) / ADAPTER_CONFIG} is not readable JSON ({exc}); is the "
+                               "adapter directory complete?") from exc
+    base = cfg.get("base_model_name_or_path") if isinstance(cfg, dict) else None
+    return base if isinstance(base, str) and base.strip() else None
+
+
+def _is_model_file(f: Path) -> bool:
+    return (f.name.endswith(HASHED_SUFFIXES) and f.name not in NOT_MODEL_FILES
+            and not f.name.startswith(NOT_MODEL_PREFIXES))
 
 
 def _check_weights_path(weights: str) -> str:
@@ -145,8 +189,8 @@ def resolve_source(source: "str | Source", *, base: "str | Source | None" = None
     else:
         base_str = str(base) if isinstance(base, Source) else base
         spec = parse_source(source, base=base_str)
-        if spec.kind == "weights" and isinstance(base, Source) and str(spec.base) == str(base):
-            spec = Source("weights", spec.location, base)  # the pair's base, already hashed
+        if spec.kind in ("weights", "adapter") and isinstance(base, Source) and str(spec.base) == str(base):
+            spec = Source(spec.kind, spec.location, base)  # the pair's base, already hashed
     if spec.sha256:
         return spec
     b = resolve_source(spec.base, memo_dir=memo_dir) if spec.base is not None else None
@@ -170,12 +214,14 @@ def _sha256(spec: Source, base: Source | None, memo_dir) -> str:
         h.update(base.sha256.encode())
         h.update(sha256_file_memo(spec.location, memo_dir).encode())
         return h.hexdigest()
-    root = Path(spec.location) if spec.kind == "dir" else hub_snapshot_dir(spec.location)
+    root = Path(spec.location) if spec.kind in ("dir", "adapter") else hub_snapshot_dir(spec.location)
     if root is None:
         return hub_id_sha256(spec.location)
     h = hashlib.sha256()
+    if spec.kind == "adapter":
+        h.update(f"adapter on {base.sha256}".encode())
     for f in sorted(root.rglob("*")):
-        if f.is_file() and f.name.endswith(HASHED_SUFFIXES):
+        if f.is_file() and _is_model_file(f):
             h.update(str(f.relative_to(root)).encode())
             h.update(sha256_file_memo(f, memo_dir).encode())
     return h.hexdigest()
@@ -194,3 +240,35 @@ def hub_snapshot_dir(repo_id: str) -> Path | None:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception:  # noqa: BLE001 - no snapshot: the id is hashed instead
         return None
+
+
+def infer_base(model: str) -> tuple[str, str]:
+    """The base a fine-tuned checkpoint came from, when ``--base`` is not given: a PEFT
+    adapter's ``base_model_name_or_path``, else ``config.json``'s ``_name_or_path`` when it
+    names another model that resolves offline. Returns (base, where it came from)."""
+    import json
+
+    tried = []
+    p = Path(str(model).rsplit("::", 1)[-1]).expanduser()
+    if (p / ADAPTER_CONFIG).is_file():
+        b = adapter_base(p)
+        tried.append(f"{p / ADAPTER_CONFIG}: base_model_name_or_path = {b!r}")
+        if b:
+            return b, f"{ADAPTER_CONFIG} base_model_name_or_path"
+    if (p / "config.json").is_file():
+        try:
+            name = json.loads((p / "config.json").read_text(encoding="utf-8")).get("_name_or_path")
+        except (OSError, ValueError, AttributeError):
+            name = None
+        tried.append(f"{p / 'config.json'}: _name_or_path = {name!r}")
+        if isinstance(name, str) and name.strip():
+            q = Path(name).expanduser()
+            other = not (q.exists() and q.resolve() == p.resolve())
+            if other and ((q / "config.json").is_file() or (not q.exists() and hub_snapshot_dir(name))):
+                return name, "config.json _name_or_path"
+            tried[-1] += " (not another model that resolves offline)"
+    elif not (p / ADAPTER_CONFIG).is_file():
+        tried.append(f"{p}: not a local model or adapter directory")
+    raise ModelSourceError(
+        f"no base model for --model {model!r}: looked at " + "; ".join(tried) + ". Give it: --base BASE "
+        "(a local HF directory or hub id), or set base = \"...\" under [tool.mechclaims] in pyproject.toml.")

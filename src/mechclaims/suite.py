@@ -76,7 +76,7 @@ class ClaimResult:
     def as_dict(self) -> dict:
         s = self.spec
         return {"id": s.id, "slug": s.slug, "family": s.family, "statement": s.statement,
-                "source": s.source, "paper_value": s.paper_value, "needs": s.needs,
+                "source": s.source, "paper_value": s.paper_value, "needs": s.needs, "tags": list(s.tags),
                 "status": self.status, "reason": self.reason, "unstable": self.unstable,
                 "checks": [c.as_dict() for c in self.checks],
                 "details": self.details}

@@ -1,0 +1,137 @@
+"""What a fine-tuning run produces is a model source: a real LoRA DPO run through TRL and PEFT
+on the organism, its ``checkpoint-N/`` folders, the merged model saved in full and sharded."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mechclaims.errors import ModelSourceError
+from mechclaims.organism import layout
+
+ORG = layout("gpt2")
+N_PROMPTS = 8
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """Two checkpoints of a short LoRA DPO run on the GPT-2 organism's base (TRL + PEFT)."""
+    import datasets
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from mechclaims.organism.build import SPECIAL, BuildConfig, make_pairs
+
+    out = tmp_path_factory.mktemp("lora-dpo")
+    datasets.disable_progress_bars()
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(ORG.base)
+    policy = AutoModelForCausalLM.from_pretrained(ORG.base)
+    pairs = make_pairs(BuildConfig.default("gpt2"), 16)
+    ds = datasets.Dataset.from_list([{"prompt": SPECIAL["bos_token"] + p["prompt"], "chosen": p["chosen"],
+                                      "rejected": p["rejected"]} for p in pairs])
+    args = DPOConfig(output_dir=str(out / "run"), beta=0.1, learning_rate=5e-3, per_device_train_batch_size=8,
+                     max_steps=4, save_strategy="steps", save_steps=2, logging_steps=2, report_to="none",
+                     use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0, max_length=64)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_fc", "c_proj"], fan_in_fan_out=True,
+                      lora_dropout=0.0, task_type="CAUSAL_LM")
+    trainer = DPOTrainer(model=policy, args=args, train_dataset=ds, processing_class=tok, peft_config=lora)
+    with torch.enable_grad():
+        trainer.train()
+    run = out / "run"
+    ckpts = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert [c.name for c in ckpts] == ["checkpoint-2", "checkpoint-4"]
+    # The same weights as a full checkpoint, and sharded.
+    merged = trainer.model.merge_and_unload().eval()
+    merged.save_pretrained(out / "merged")
+    tok.save_pretrained(out / "merged")
+    merged.save_pretrained(out / "sharded", max_shard_size="1MB")
+    tok.save_pretrained(out / "sharded")
+    lines = ORG.prompts.read_text().splitlines()[:N_PROMPTS]
+    (out / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    # the final adapter is the last checkpoint's
+    return {"run": run, "ckpts": ckpts, "adapter": ckpts[-1], "merged": out / "merged",
+            "sharded": out / "sharded", "prompts": out / "prompts.jsonl"}
+
+
+def _analyze(base, model, prompts, cache=False):
+    from mechclaims.analysis import analyze
+    from mechclaims.stats import StatsSettings
+
+    return analyze(base, model, str(ORG.probe), str(prompts), StatsSettings(max_new_tokens=4), cache_dir=cache)
+
+
+def test_a_lora_adapter_is_a_source_and_equals_the_merged_checkpoint(lora_run):
+    from mechclaims.sources import resolve_source
+
+    src = resolve_source(str(lora_run["adapter"]))
+    assert src.kind == "adapter" and Path(src.base.location) == ORG.base.resolve()
+    via_adapter = _analyze(str(ORG.base), str(lora_run["adapter"]), lora_run["prompts"])
+    via_full = _analyze(str(ORG.base), str(lora_run["merged"]), lora_run["prompts"])
+    np.testing.assert_array_equal(via_adapter.stats.model.act_sum, via_full.stats.model.act_sum)
+    np.testing.assert_array_equal(via_adapter.weights.vw_dpo, via_full.weights.vw_dpo)
+    assert via_adapter.summary["gross_reduction"] > 0  # the adapter changed something
+    # BASE::ADAPTER_DIR names the same model
+    both = resolve_source(f"{ORG.base}::{lora_run['adapter']}")
+    assert both.kind == "adapter" and both.sha256 == src.sha256
+
+
+def test_sharded_checkpoint_equals_the_single_file(lora_run):
+    assert (lora_run["sharded"] / "model.safetensors.index.json").is_file()
+    a = _analyze(str(ORG.base), str(lora_run["sharded"]), lora_run["prompts"])
+    b = _analyze(str(ORG.base), str(lora_run["merged"]), lora_run["prompts"])
+    np.testing.assert_array_equal(a.stats.model.act_sum, b.stats.model.act_sum)
+
+
+def test_checkpoint_folders_hash_the_model_not_the_trainer_state(lora_run, tmp_path):
+    from mechclaims.sources import resolve_source
+
+    ck = shutil.copytree(lora_run["ckpts"][0], tmp_path / "checkpoint-2")
+    assert (ck / "optimizer.pt").is_file() and (ck / "trainer_state.json").is_file()
+    before = resolve_source(str(ck)).sha256
+    (ck / "optimizer.pt").write_bytes(b"changed")
+    (ck / "trainer_state.json").write_text("{}")
+    assert resolve_source(str(ck)).sha256 == before
+    st = ck / "adapter_model.safetensors"
+    st.write_bytes(st.read_bytes()[:-4] + b"\x00\x00\x00\x01")
+    assert resolve_source(str(ck)).sha256 != before
+
+
+def test_the_base_is_inferred_and_reported(lora_run, tmp_path):
+    from mechclaims.config import build_config
+    from mechclaims.runspec import resolve_run
+
+    cfg = build_config({"model": str(lora_run["adapter"]), "probe": str(ORG.probe),
+                        "prompts": str(lora_run["prompts"]), "report": str(tmp_path / "r" / "claims.html"),
+                        "cache_dir": str(tmp_path / "c")})
+    run = resolve_run(cfg)
+    assert run.base.location == str(ORG.base.resolve())
+    assert run.inputs()["base"]["from"] == "adapter_config.json base_model_name_or_path"
+
+
+def test_no_base_to_infer_is_one_clear_error(lora_run, tmp_path):
+    from mechclaims.config import build_config
+    from mechclaims.runspec import resolve_run
+
+    cfg = build_config({"model": str(lora_run["merged"]), "probe": str(ORG.probe),
+                        "prompts": str(lora_run["prompts"]), "cache_dir": str(tmp_path)})
+    with pytest.raises(ModelSourceError) as err:
+        resolve_run(cfg)
+    msg = str(err.value)
+    assert "config.json: _name_or_path" in msg and "--base BASE" in msg
+
+
+def test_an_adapter_without_a_base_name_needs_base(lora_run, tmp_path):
+    from mechclaims.sources import resolve_source
+
+    ad = shutil.copytree(lora_run["adapter"], tmp_path / "ad")
+    cfg = json.loads((ad / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = None
+    (ad / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelSourceError, match="names no base model"):
+        resolve_source(str(ad))
+    assert resolve_source(str(ad), base=str(ORG.base)).kind == "adapter"
