@@ -32,6 +32,7 @@ def _has_heldout_accuracy(a, ctx):
        statement="The toxicity probe separates toxic from clean text: held-out accuracy >= 0.90.",
        checks=[Check("heldout_accuracy", ">=", 0.90, "held-out accuracy of the probe")],
        source="Lee et al. §3 (probe accuracy 94%); Yang et al. §3.1",
-       paper_value="GPT-2 medium probe: 0.94 held-out accuracy", applies=_has_heldout_accuracy, needs="A")
+       paper_value="GPT-2 medium probe: 0.94 held-out accuracy", applies=_has_heldout_accuracy, needs="A",
+       tags=("gate",))
 def test_C24_probe_validity(a, ctx):
     return {"heldout_accuracy": _heldout_accuracy(ctx)}

@@ -120,11 +120,18 @@ def test_a_share_outside_its_meaning_never_passes():
     from mechclaims.suite import ClaimSuite
 
     spec = _Spec("C16", lambda v, c: {}, [Check("share", ">=", 0.8, valid=SHARE_RANGE)]).spec
+    from mechclaims.suite import _Side
+
     suite = ClaimSuite.__new__(ClaimSuite)
     suite.specs, suite.config = {"C16": spec}, type("C", (), {"strict": False})()
-    r = suite._evaluate("C16", {"C16": {"share": 4.88}}, {"C16": {"share": np.array([4.5, 5.0])}}, {})
+    suite.baseline, suite.run = None, type("R", (), {"baseline_report": None})()
+
+    def side(value, boot):
+        return _Side(None, None, {"C16": {"share": value}}, {}, {"C16": {"share": np.array(boot)}})
+
+    r = suite._evaluate("C16", side(4.88, [4.5, 5.0]))
     assert r.status == "fail" and r.checks[0].out_of_range and "outside" in r.reason
-    r = suite._evaluate("C16", {"C16": {"share": 0.93}}, {"C16": {"share": np.array([0.9, 0.95])}}, {})
+    r = suite._evaluate("C16", side(0.93, [0.9, 0.95]))
     assert r.status == "pass" and not r.checks[0].out_of_range
 
 

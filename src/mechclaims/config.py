@@ -11,6 +11,8 @@ Precedence: command line > ``--claims-config`` file > ``[tool.mechclaims]`` in t
     C3 = 0.15                       # a claim with one check
     C6 = { min_share = 0.03 }       # a claim with several checks, by check name
     "C8.frac_negative" = 0.25       # or dotted
+    [tool.mechclaims.regression]    # tolerances against --baseline, same keys
+    C3 = 0.02
 """
 
 from __future__ import annotations
@@ -56,19 +58,24 @@ class ClaimsConfig:
     patch_positions: str = "generated"
     edit_alpha: float = 0.05
     edit_beta: float = 0.5
+    baseline: str = ""
     thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: MappingProxyType({}))
+    regression: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def json_report(self) -> Path:
         return Path(self.report).with_suffix(".json")
 
     def public(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "thresholds"}
-        d["thresholds"] = {k: dict(v) for k, v in self.thresholds.items()}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _TABLES}
+        for name in _TABLES:
+            d[name] = {k: dict(v) for k, v in getattr(self, name).items()}
         return d
 
 
 _FIELDS = {f.name: f for f in fields(ClaimsConfig)}
+#: Tables keyed by claim ID (and check name): thresholds, and regression tolerances against a baseline.
+_TABLES = ("thresholds", "regression")
 _CHOICES = {"positions": POSITION_MODES, "dtype": DTYPES, "patch_positions": PATCH_POSITIONS}
 
 
@@ -80,7 +87,7 @@ def _coerce(name: str, value, origin: str):
         raise ConfigError(f"unknown mechclaims setting {name!r} in {origin}; known settings: "
                           f"{sorted(_FIELDS)}.")
     default = getattr(ClaimsConfig(), name)
-    if name == "thresholds":
+    if name in _TABLES:
         return value
     if isinstance(default, bool):
         if isinstance(value, str):
@@ -152,7 +159,7 @@ def build_config(cli: Mapping[str, Any], *, claims_config: str | None = None,
     """Merge the layers into one frozen config (no file is opened but the TOML ones; sources,
     probe and prompts are resolved by ``runspec.resolve_run``)."""
     merged: dict[str, Any] = {}
-    thresholds: dict[str, dict[str, float]] = {}
+    tables: dict[str, dict[str, dict[str, float]]] = {name: {} for name in _TABLES}
     layers = []
     if pyproject and Path(pyproject).is_file():
         layers.append((read_toml_settings(pyproject, section_optional=False), str(pyproject)))
@@ -161,10 +168,11 @@ def build_config(cli: Mapping[str, Any], *, claims_config: str | None = None,
     layers.append(({k: v for k, v in cli.items() if v is not None}, "the command line"))
     for values, origin in layers:
         for name, value in values.items():
-            if name == "thresholds":
-                for cid, checks in normalise_thresholds(value, origin).items():
-                    thresholds.setdefault(cid, {}).update(checks)
+            if name in _TABLES:
+                for cid, checks in normalise_thresholds(value, f"[{name}] of {origin}").items():
+                    tables[name].setdefault(cid, {}).update(checks)
                 continue
             merged[name] = _coerce(name, value, origin)
-    merged["thresholds"] = MappingProxyType({k: MappingProxyType(v) for k, v in thresholds.items()})
+    for name, table in tables.items():
+        merged[name] = MappingProxyType({k: MappingProxyType(v) for k, v in table.items()})
     return ClaimsConfig(**merged)

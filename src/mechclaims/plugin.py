@@ -37,6 +37,8 @@ _OPTIONS = (
     ("--patch-positions", "patch_positions", "where interventions act during generation: generated "
                                              "(the paper's: last prompt position + each new token) or all "
                                              "(the prompt too); perplexity always patches every position"),
+    ("--baseline", "baseline", "a previous run's claims.json, or a model source run on the same base: a claim "
+                               "fails when it regressed beyond its tolerance ([tool.mechclaims.regression])"),
 )
 
 
@@ -98,6 +100,10 @@ def pytest_collection_modifyitems(session, config, items):
     """Runs after -k/-m deselection: only the selected claims are computed."""
     state = config.stash[_KEY]
     state.specs = {s.id: s for s in map(_spec, items) if s is not None}
+    from .suite import PROBE_VALIDITY
+
+    # The probe-validity claim runs first: every other claim reads the probe.
+    items.sort(key=lambda it: getattr(_spec(it), "id", None) != PROBE_VALIDITY)
     if not state.specs:
         return
     from .config import build_config
@@ -171,13 +177,20 @@ class _Verifier:
                           (f"{n}.op", c.check.op), (f"{n}.threshold", _num(c.check.threshold)),
                           (f"{n}.verdict", "pass" if (c.holds_strict if r.strict else c.holds) else "fail"),
                           (f"{n}.unstable", str(c.unstable).lower())])
+            if c.baseline is not None:
+                cb = c.baseline
+                props.extend([(f"{n}.baseline", _num(cb.baseline)), (f"{n}.diff", _num(cb.diff)),
+                              (f"{n}.diff_ci_low", _num(cb.lo)), (f"{n}.diff_ci_high", _num(cb.hi)),
+                              (f"{n}.tolerance", _num(cb.tolerance)), (f"{n}.regressed", str(cb.regressed).lower())])
         prov = state.suite.analysis.provenance
         props.extend([("verdict", r.status), ("unstable", str(r.unstable).lower()),
+                      ("regressed", str(r.regressed).lower()),
                       ("model_sha256", prov["model"]["sha256"]), ("base_sha256", prov["base"]["sha256"])])
         if r.status == "skip":
             pytest.skip(f"{cid} does not apply: {r.reason}")
+        flags = "".join(f" [{f}]" for f in r.flags)
         if r.status == "fail":
-            pytest.fail(r.message() + (f" — {r.reason}" if r.reason else ""), pytrace=False)
+            pytest.fail(r.message() + (f" — {r.reason}" if r.reason else "") + flags, pytrace=False)
 
     def _stop(self, exc: BaseException) -> None:
         """A broken setup stops the session once: one message, exit status 4 (usage error)."""

@@ -37,6 +37,8 @@ class RunSpec:
     cache_dir: Path | None
     organism: str | None = None  # the organism's arch when the defaults came from one
     base_from: str = "--base"    # where the base came from (given, organism, adapter config, ...)
+    baseline_report: dict | None = None   # --baseline claims.json, checked compatible
+    baseline_model: Source | None = None  # --baseline as a model source, on this run's base
 
     @property
     def settings(self):
@@ -54,7 +56,14 @@ class RunSpec:
         """What the run reads, as shown in reports (paths relative to the working directory)."""
         return {"model": self.model.describe(), "base": {**self.base.describe(), "from": self.base_from},
                 "probe": display_path(self.probe_path), "prompts": display_path(self.prompts_path),
-                "scorer": self.scorer, "ppl_text": display_path(self.ppl_text) if self.ppl_text else None}
+                "scorer": self.scorer, "ppl_text": display_path(self.ppl_text) if self.ppl_text else None,
+                "baseline": self.baseline_label}
+
+    @property
+    def baseline_label(self) -> str | None:
+        if self.baseline_model is not None:
+            return self.baseline_model.label
+        return display_path(self.config.baseline) if self.baseline_report is not None else None
 
 
 def organism_defaults(cfg: ClaimsConfig) -> tuple[dict, str | None]:
@@ -109,10 +118,31 @@ def resolve_run(cfg: ClaimsConfig) -> RunSpec:
     if ppl_text and not Path(ppl_text).expanduser().is_file():
         raise ConfigError(f"--ppl-text {ppl_text!r} is not a file (looked at {Path(ppl_text).resolve()}); "
                           "expected a UTF-8 text file to measure perplexity on (e.g. WikiText-2 test).")
+    baseline_doc, baseline_model = _baseline(cfg, base, probe, prompts, cache_dir)
     spec = RunSpec(cfg, model, base, probe, str(probe_s), prompts, str(prompts_s), scorer, ppl_text,
-                   cache_dir, arch, base_from)
+                   cache_dir, arch, base_from, baseline_doc, baseline_model)
     check_outputs(spec)
     return spec
+
+
+def _baseline(cfg: ClaimsConfig, base: Source, probe, prompts, cache_dir):
+    """(report, None) for a claims.json baseline, checked against this run's settings;
+    (None, Source) for a model baseline, run on this run's base; (None, None) without one."""
+    if not cfg.baseline:
+        return None, None
+    from . import baseline as bl
+
+    if bl.is_report(cfg.baseline):
+        from .prompts import prompts_sha256
+
+        doc = bl.read_report(cfg.baseline)
+        mine = {"provenance": {"prompts": {"sha256": prompts_sha256(list(prompts))}, "probe": {"sha256": probe.sha256},
+                               "base": {"sha256": base.sha256},
+                               "settings": {"positions": cfg.positions, "max_new_tokens": cfg.max_new_tokens,
+                                            "max_prompt_tokens": cfg.max_prompt_tokens}}}
+        bl.check_compatible(doc, mine, display_path(cfg.baseline))
+        return doc, None
+    return None, resolve_source(cfg.baseline, base=base, memo_dir=cache_dir)
 
 
 def check_device(device: str) -> None:
@@ -192,7 +222,8 @@ def check_outputs(spec: RunSpec) -> None:
             f"--report {spec.config.report!r} would put the HTML report where claims.json goes; "
             "expected an .html path (the JSON is written beside it with the suffix .json).")
     inputs = {Path(p).expanduser().resolve(): opt for opt, p in
-              (("--probe", spec.probe_path), ("--prompts", spec.prompts_path), ("--ppl-text", spec.ppl_text))
+              (("--probe", spec.probe_path), ("--prompts", spec.prompts_path), ("--ppl-text", spec.ppl_text),
+               ("--baseline", spec.config.baseline if spec.baseline_report is not None else None))
               if p}
     for src in (spec.model, spec.base):
         if src.kind in ("dir", "weights"):

@@ -27,6 +27,8 @@ import numpy as np
 from .claim import Check, ClaimContext, ClaimSpec
 from .errors import ConfigError
 
+#: The claim whose failure puts every other claim's result in doubt (claims/test_probe_validity.py).
+PROBE_VALIDITY = "C24"
 # Arithmetic failures of a metric on a degenerate input (a zero denominator in a resample).
 _ARITHMETIC = (ArithmeticError, FloatingPointError)
 
@@ -41,13 +43,15 @@ class CheckResult:
     holds_strict: bool   # at the pessimistic interval end
     unstable: bool       # the interval straddles the threshold
     out_of_range: bool = False  # the value lies outside the range where it means what it says
+    baseline: object = None     # baseline.Comparison, when a baseline was given
 
     def as_dict(self) -> dict:
         c = self.check
         return {"name": c.name, "label": c.label or c.name, "op": c.op, "threshold": c.threshold,
                 "value": self.value, "ci": [self.lo, self.hi], "holds": self.holds,
                 "holds_strict": self.holds_strict, "unstable": self.unstable,
-                "valid_range": list(c.valid) if c.valid else None, "out_of_range": self.out_of_range}
+                "valid_range": list(c.valid) if c.valid else None, "out_of_range": self.out_of_range,
+                "baseline": self.baseline.as_dict() if self.baseline is not None else None}
 
 
 @dataclass
@@ -58,10 +62,15 @@ class ClaimResult:
     checks: list[CheckResult] = field(default_factory=list)
     details: dict = field(default_factory=dict)  # extra metric values with intervals
     strict: bool = False                         # verdicts from the interval's pessimistic end
+    flags: list[str] = field(default_factory=list)  # warnings from other claims (an invalid probe)
 
     @property
     def unstable(self) -> bool:
         return any(c.unstable for c in self.checks)
+
+    @property
+    def regressed(self) -> bool:
+        return any(c.baseline is not None and c.baseline.regressed for c in self.checks)
 
     def message(self) -> str:
         parts = []
@@ -71,6 +80,8 @@ class ClaimResult:
                 ok = f"FAILS: outside the meaningful range {list(c.check.valid)}"
             parts.append(f"{c.check.label or c.check.name} = {c.value:.4g} "
                          f"[{c.lo:.4g}, {c.hi:.4g}] (need {c.check.op} {c.check.threshold:g}: {ok})")
+            if c.baseline is not None and c.baseline.regressed:
+                parts.append(f"REGRESSED {c.check.name}: {c.baseline.message(c.value)}")
         return f"{self.spec.id} {self.spec.slug}: " + "; ".join(parts)
 
     def as_dict(self) -> dict:
@@ -78,6 +89,7 @@ class ClaimResult:
         return {"id": s.id, "slug": s.slug, "family": s.family, "statement": s.statement,
                 "source": s.source, "paper_value": s.paper_value, "needs": s.needs, "tags": list(s.tags),
                 "status": self.status, "reason": self.reason, "unstable": self.unstable,
+                "regressed": self.regressed, "flags": list(self.flags),
                 "checks": [c.as_dict() for c in self.checks],
                 "details": self.details}
 
@@ -122,6 +134,18 @@ def id_key(cid: str):
     return (int(digits) if digits else 10**9, cid)
 
 
+@dataclass
+class _Side:
+    """One (base, candidate) pair's computed inputs to the claims: the candidate's, or the
+    baseline model's on the same base, prompts and probe."""
+
+    analysis: object
+    behaviour: object | None = None
+    point: dict = field(default_factory=dict)
+    skips: dict = field(default_factory=dict)
+    boot: dict = field(default_factory=dict)
+
+
 class ClaimSuite:
     """Computes everything once, on first use; results are looked up per claim."""
 
@@ -131,6 +155,7 @@ class ClaimSuite:
         self.specs = apply_thresholds(specs, run.config.thresholds)
         self.analysis = None
         self.behaviour = None
+        self.baseline: _Side | None = None
         self.ctx: ClaimContext | None = None
         self.results: dict[str, ClaimResult] = {}
         self.verified: list[str] = []
@@ -141,19 +166,41 @@ class ClaimSuite:
     def compute(self, progress: bool | None = None) -> None:
         if self.results:
             return
-        self.analysis = self._analyse(progress)
+        run = self.run
+        side = self._side(run.model, progress)
+        self.analysis, self.behaviour = side.analysis, side.behaviour
         self.ctx = self._context()
-        if self.run.scorer is not None and any(spec.needs == "G" for spec in self.specs.values()):
-            self.behaviour = self._behaviour(progress)
-        point, skips = self._point_estimates()
-        boot = self._bootstrap(point)
-        self.results = {cid: self._evaluate(cid, point, boot, skips) for cid in self.specs}
+        self._claims(side, draw=True)
+        if run.baseline_model is not None:  # paired: same chunks, same bootstrap weights
+            self.baseline = self._side(run.baseline_model, progress)
+            self._claims(self.baseline, draw=False)
+        self.results = {cid: self._evaluate(cid, side) for cid in self.specs}
+        self._flag_invalid_probe()
 
-    def _analyse(self, progress):
+    def _flag_invalid_probe(self) -> None:
+        """Every claim reads the probe: when the probe-validity claim fails, each result says so."""
+        probe = self.results.get(PROBE_VALIDITY)
+        if probe is not None and probe.status == "fail":
+            for cid, r in self.results.items():
+                if cid != PROBE_VALIDITY:
+                    r.flags.append(f"{PROBE_VALIDITY} failed: the probe may not measure toxicity, so neither may this")
+
+    def _side(self, model, progress) -> _Side:
+        analysis = self._analyse(model, progress)
+        behaviour = None
+        if self.run.scorer is not None and any(spec.needs == "G" for spec in self.specs.values()):
+            behaviour = self._behaviour(analysis, progress)
+        return _Side(analysis, behaviour)
+
+    def _claims(self, side: _Side, *, draw: bool) -> None:
+        side.point, side.skips = self._point_estimates(side)
+        side.boot = self._bootstrap(side, draw=draw)
+
+    def _analyse(self, model, progress):
         from .analysis import analyze
 
         run, cfg = self.run, self.config
-        return analyze(run.base, run.model, run.probe, list(run.prompts), run.settings, device=cfg.device,
+        return analyze(run.base, model, run.probe, list(run.prompts), run.settings, device=cfg.device,
                        dtype=cfg.dtype, cache_dir=run.cache_dir, progress=progress, top_k=cfg.top_k)
 
     def _context(self) -> ClaimContext:
@@ -162,14 +209,14 @@ class ClaimSuite:
         return ClaimContext(n_layers=a.n_layers, d_mlp=a.d_mlp, gated_mlp=gated, top_k=self.config.top_k,
                             probe_metadata=dict(getattr(self.run.probe, "metadata", {}) or {}))
 
-    def _behaviour(self, progress):
+    def _behaviour(self, an, progress):
         """Intervention results on the run's resolved inputs; the models and the scorer are
         opened only if the cache misses (they are the analysis's own when it loaded them)."""
         from .behaviour import evaluate
         from .cache import ResultCache
         from .scoring import make_scorer
 
-        run, cfg, an = self.run, self.config, self.analysis
+        run, cfg = self.run, self.config
         key = {"base_sha256": an.provenance["base"]["sha256"], "model_sha256": an.provenance["model"]["sha256"],
                "dtype": cfg.dtype, "scorer": run.scorer, "probe_sha256": an.provenance["probe"]["sha256"]}
         ppl_text = _read_text(run.ppl_text) if run.ppl_text else None
@@ -179,20 +226,21 @@ class ClaimSuite:
                         edit_alpha=cfg.edit_alpha, edit_beta=cfg.edit_beta, progress=progress,
                         patch_positions=cfg.patch_positions)
 
-    def _subject(self, spec, attribution, weights):
+    @staticmethod
+    def _subject(spec, side: _Side, attribution, weights):
         """Activation claims read the attribution; behavioural ones the intervention results."""
-        return self.behaviour.view(weights) if spec.needs == "G" else attribution
+        return side.behaviour.view(weights) if spec.needs == "G" else attribution
 
-    def _point_estimates(self):
+    def _point_estimates(self, side: _Side):
         point, skips = {}, {}
-        a = self.analysis.attribution
+        a = side.analysis.attribution
         for cid, spec in self.specs.items():
-            if spec.needs == "G" and self.behaviour is None:
+            if spec.needs == "G" and side.behaviour is None:
                 from .scoring import NO_SCORER_REASON
 
                 skips[cid] = NO_SCORER_REASON
                 continue
-            subj = self._subject(spec, a, None)
+            subj = self._subject(spec, side, a, None)
             try:
                 reason = spec.applies(subj, self.ctx) if spec.applies else None
                 if not reason:
@@ -203,30 +251,32 @@ class ClaimSuite:
                 skips[cid] = reason
         return point, skips
 
-    def _bootstrap(self, point):
+    def _bootstrap(self, side: _Side, *, draw: bool):
+        """Resample prompt chunks; ``draw`` makes the weights, otherwise the candidate's are reused
+        (a baseline model's sums are reweighted exactly as the candidate's: a paired interval)."""
         from .attribution import attribute
 
-        stats, wt = self.analysis.stats, self.analysis.weights
+        stats, wt = side.analysis.stats, side.analysis.weights
         K = stats.n_chunks
-        B = self.config.bootstrap if K > 1 else 0
-        rng = np.random.default_rng(self.config.seed)
-        boot = {cid: {k: np.full(B, np.nan) for k in vals} for cid, vals in point.items()}
-        self.boot_weights = []
-        for b in range(B):
-            w = rng.multinomial(K, np.full(K, 1.0 / K)).astype(np.float64)
-            self.boot_weights.append(w)
+        if draw:
+            B = self.config.bootstrap if K > 1 else 0
+            rng = np.random.default_rng(self.config.seed)
+            self.boot_weights = [rng.multinomial(K, np.full(K, 1.0 / K)).astype(np.float64) for _ in range(B)]
+            self.bootstrap_info = {"resamples": B, "seed": self.config.seed, "unit": "prompt chunk", "n_chunks": K,
+                                   "level": 0.95, "paired": True,
+                                   "note": "" if K > 1 else "one chunk only: no interval (point estimate shown)"}
+        B = len(self.boot_weights)
+        boot = {cid: {k: np.full(B, np.nan) for k in vals} for cid, vals in side.point.items()}
+        for b, w in enumerate(self.boot_weights):
             ab = attribute(stats, wt, w)
-            for cid in point:
+            for cid in side.point:
                 spec = self.specs[cid]
                 try:
-                    values = spec.metric(self._subject(spec, ab, w), self.ctx)
+                    values = spec.metric(self._subject(spec, side, ab, w), self.ctx)
                 except _ARITHMETIC:
                     continue  # this resample is degenerate for this claim: NaN, excluded below
                 for k, v in values.items():
                     boot[cid][k][b] = float(v)
-        self.bootstrap_info = {"resamples": B, "seed": self.config.seed, "unit": "prompt chunk", "n_chunks": K,
-                               "level": 0.95, "paired": True,
-                               "note": "" if K > 1 else "one chunk only: no interval (point estimate shown)"}
         return boot
 
     # --- verdicts ------------------------------------------------------------------------------
@@ -238,11 +288,12 @@ class ClaimSuite:
         lo, hi = np.percentile(finite, [2.5, 97.5])
         return float(lo), float(hi)
 
-    def _evaluate(self, cid: str, point: dict, boot: dict, skips: dict) -> ClaimResult:
+    def _evaluate(self, cid: str, side: _Side) -> ClaimResult:
         spec = self.specs[cid]
-        if cid in skips:
-            return ClaimResult(spec, "skip", skips[cid])
-        point, boot = point[cid], boot[cid]
+        if cid in side.skips:
+            return ClaimResult(spec, "skip", side.skips[cid])
+        point, boot = side.point[cid], side.boot[cid]
+        base_vals = self._baseline_values(cid)
         checks = []
         for c in spec.checks:
             if c.name not in point:
@@ -254,19 +305,48 @@ class ClaimSuite:
             holds = in_range and c.holds(val)
             holds_strict = in_range and c.holds(c.bound(lo, hi))
             unstable = finite and (c.holds(lo) != c.holds(hi))
-            checks.append(CheckResult(c, val, lo, hi, holds, holds_strict, unstable, finite and not in_range))
+            cmp = self._compare(cid, c, val, boot[c.name], base_vals)
+            checks.append(CheckResult(c, val, lo, hi, holds, holds_strict, unstable, finite and not in_range, cmp))
         details = {k: {"value": val, "ci": list(self._interval(boot[k], val))}
                    for k, val in point.items() if k not in {c.name for c in spec.checks}}
         nonfinite = [c.check.name for c in checks if not math.isfinite(c.value)]
         outside = [c.check.name for c in checks if c.out_of_range]
-        ok = all((c.holds_strict if self.config.strict else c.holds) for c in checks)
+        regressed = [c for c in checks if c.baseline is not None and c.baseline.regressed]
+        ok = all((c.holds_strict if self.config.strict else c.holds) for c in checks) and not regressed
         reason = "; ".join(r for r in (
             f"metric is not finite for {nonfinite}" if nonfinite else "",
             f"{outside} outside the range where the value means what the claim says "
             f"(a share far outside [0, 1]: a near-zero denominator or scores that are not rates)"
-            if outside else "") if r)
+            if outside else "",
+            *(f"regressed: {c.check.label or c.check.name} {c.baseline.message(c.value)}" for c in regressed)) if r)
         return ClaimResult(spec, "pass" if ok and not nonfinite else "fail", reason, checks, details,
                            strict=self.config.strict)
+
+    def _baseline_values(self, cid: str):
+        """(point values, bootstrap arrays or None) of the baseline for a claim, or None."""
+        if self.baseline is not None:
+            if cid not in self.baseline.point:
+                return None
+            return self.baseline.point[cid], self.baseline.boot[cid]
+        if self.run.baseline_report is not None:
+            from .baseline import report_values
+
+            vals = report_values(self.run.baseline_report).get(cid)
+            return (vals, None) if vals else None
+        return None
+
+    def _compare(self, cid, check, value, boot, base_vals):
+        from .baseline import compare, tolerance
+
+        if base_vals is None or check.name not in base_vals[0]:
+            return None
+        b_point, b_boot = base_vals
+        b = float(b_point[check.name])
+        if b_boot is not None:  # paired: the difference under the same chunk weights
+            lo, hi = self._interval(boot - b_boot[check.name], value - b)
+        else:                   # a fixed baseline: the candidate's interval, shifted
+            lo, hi = (x - b for x in self._interval(boot, value))
+        return compare(check, value, b, (lo, hi), tolerance(cid, check, self.config.regression))
 
     # --- per-claim access and the record --------------------------------------------------------
     def verified_unique(self) -> list[str]:
