@@ -35,7 +35,7 @@ def lora_run(tmp_path_factory):
     ds = datasets.Dataset.from_list([{"prompt": SPECIAL["bos_token"] + p["prompt"], "chosen": p["chosen"],
                                       "rejected": p["rejected"]} for p in pairs])
     args = DPOConfig(output_dir=str(out / "run"), beta=0.1, learning_rate=5e-3, per_device_train_batch_size=8,
-                     max_steps=4, save_strategy="steps", save_steps=2, logging_steps=2, report_to="none",
+                     max_steps=6, save_strategy="steps", save_steps=2, logging_steps=2, report_to="none",
                      use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0, max_length=64)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_fc", "c_proj"], fan_in_fan_out=True,
                       lora_dropout=0.0, task_type="CAUSAL_LM")
@@ -44,7 +44,7 @@ def lora_run(tmp_path_factory):
         trainer.train()
     run = out / "run"
     ckpts = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    assert [c.name for c in ckpts] == ["checkpoint-2", "checkpoint-4"]
+    assert [c.name for c in ckpts] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
     # The same weights as a full checkpoint, and sharded.
     merged = trainer.model.merge_and_unload().eval()
     merged.save_pretrained(out / "merged")
@@ -135,3 +135,37 @@ def test_an_adapter_without_a_base_name_needs_base(lora_run, tmp_path):
     with pytest.raises(ModelSourceError, match="names no base model"):
         resolve_source(str(ad))
     assert resolve_source(str(ad), base=str(ORG.base)).kind == "adapter"
+
+
+def test_sweep_over_a_training_run(lora_run, tmp_path, monkeypatch, capsys):
+    """Three real TRL checkpoints, given as the run's output directory: one report, the base
+    generated once for all of them (own positions), exit status from the last checkpoint."""
+    import mechclaims.stats as stats
+    from mechclaims.cli import main
+
+    calls = []
+    real = stats.greedy_generate
+    monkeypatch.setattr(stats, "greedy_generate", lambda m, *a, **k: calls.append(m.source) or real(m, *a, **k))
+    report = tmp_path / "out" / "sweep.html"
+    rc = main(["sweep", str(lora_run["run"]), "--base", str(ORG.base), "--probe", str(ORG.probe),
+               "--prompts", str(lora_run["prompts"]), "--max-new-tokens", "4", "--bootstrap", "20",
+               "--cache-dir", str(tmp_path / "c"), "--report", str(report), "--select", "gate"])
+    doc = json.loads(report.with_suffix(".json").read_text())
+    assert [c["step"] for c in doc["checkpoints"]] == [2, 4, 6]
+    assert rc == (1 if doc["last_fails_gate"] else 0)
+    assert sorted({c["id"] for ck in doc["checkpoints"] for c in ck["claims"]}) == sorted(doc["gate"])
+    base_calls = [s for s in calls if s == str(ORG.base.resolve())]
+    assert len(base_calls) == 1 and len(calls) == 4  # one base pass, one per checkpoint
+    html = report.read_text()
+    assert "data:image/png;base64," in html and html.count('data-step="6"') == len(doc["gate"])
+    assert "checkpoint-6" in capsys.readouterr().out
+
+
+def test_sweep_bad_inputs_are_clear(tmp_path, capsys):
+    from mechclaims.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["sweep", str(tmp_path / "empty"), "--base", str(ORG.base)]) == 2
+    assert "checkpoint-N folders" in capsys.readouterr().err
+    assert main(["sweep", str(tmp_path / "nothing-*"), "--base", str(ORG.base)]) == 2
+    assert "matches no path" in capsys.readouterr().err

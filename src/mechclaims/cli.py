@@ -5,6 +5,10 @@
     mechclaims parity  --model M [--base B]
     mechclaims probe train --model BASE --data labelled.jsonl|csv --out probe.safetensors
                        [--text-column text] [--label-column label] [--test-size 0.2] [--seed 0]
+    mechclaims sweep   --base B CKPT... | RUN_DIR [--select all|gate] [--report reports/sweep.html]
+
+Exit status: 0 done (sweep: the last checkpoint passes every gating claim), 1 the last
+checkpoint fails a gating claim, 2 a usage or setup error (the message says what to fix).
 """
 
 from __future__ import annotations
@@ -64,6 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test-size", type=float, default=0.2, help="held-out share, stratified (0.2)")
     t.add_argument("--seed", type=int, default=0, help="seed of the train/test split (0)")
     _common(t)
+
+    s = sub.add_parser("sweep", help="the claims on every checkpoint of a training run, one report")
+    s.add_argument("checkpoints", nargs="+", help="checkpoint sources, globs, or a trainer output directory "
+                                                  "(its checkpoint-N folders, in step order)")
+    s.add_argument("--base", default=None, help="base model source (default: from the adapters' config, "
+                                                "or [tool.mechclaims] base)")
+    s.add_argument("--probe", default=None, help="probe file (default: [tool.mechclaims] probe)")
+    s.add_argument("--prompts", default=None, help="prompt file (default: [tool.mechclaims] prompts)")
+    s.add_argument("--claims-dir", default=None, help="directory of claim tests (default: ./claims, else "
+                                                      "mechclaims's own claims/)")
+    s.add_argument("--select", default="all", choices=("all", "gate"), help="all claims, or only the gate")
+    s.add_argument("--report", default="reports/sweep.html", help="HTML report; sweep.json beside it")
+    s.add_argument("--claims-config", default=None, help="TOML file with settings and [thresholds]")
+    for flag in ("--positions", "--max-new-tokens", "--bootstrap", "--scorer", "--ppl-text", "--cache-dir",
+                 "--patch-positions"):
+        s.add_argument(flag, default=None, help="as for pytest claims/")
+    _common(s)
     return parser
 
 
@@ -80,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "probe" and args.probe_command == "train":
             return _probe_train(args)
+        if args.command == "sweep":
+            return _sweep(args)
     except MechclaimsError as exc:
         print(f"mechclaims: error: {exc}", file=sys.stderr)
         return 2
@@ -150,3 +173,36 @@ def _probe_train(args) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
+
+
+def _sweep(args) -> int:
+    from pathlib import Path
+
+    from .config import build_config
+    from .sweep import expand, load_claims, run_sweep, write_sweep_report
+
+    checkpoints = expand(args.checkpoints)
+    claims_dir = args.claims_dir or ("claims" if Path("claims").is_dir() else
+                                     str(Path(__file__).resolve().parents[2] / "claims"))
+    specs = load_claims(claims_dir)
+    cli = {"model": checkpoints[0].source, "base": args.base, "probe": args.probe, "prompts": args.prompts,
+           "positions": args.positions, "max_new_tokens": args.max_new_tokens, "bootstrap": args.bootstrap,
+           "scorer": args.scorer, "ppl_text": args.ppl_text, "cache_dir": args.cache_dir,
+           "patch_positions": args.patch_positions, "device": args.device, "dtype": args.dtype,
+           "report": str(Path(args.report).with_name("claims.html"))}
+    config = build_config(cli, claims_config=args.claims_config, pyproject=Path.cwd() / "pyproject.toml")
+    from .suite import apply_thresholds
+
+    specs = apply_thresholds(specs, config.thresholds)
+    result = run_sweep(config, checkpoints, specs, select=args.select)
+    html, js = write_sweep_report(result, args.report)
+    for row in result.rows:
+        c = row.document["counts"]
+        print(f"{row.checkpoint.label:>24} (step {row.checkpoint.step}): {c['pass']} passed, {c['fail']} failed, "
+              f"{c['skip']} skipped")
+    failing = result.last_fails_gate()
+    print(f"wrote {html} and {js}")
+    if failing:
+        print(f"the last checkpoint fails the gate: {', '.join(failing)}", file=sys.stderr)
+        return 1
+    return 0

@@ -243,6 +243,14 @@ def stats_key(base, model, probe, prompts: list[str], settings: StatsSettings) -
     }
 
 
+def base_stats_key(base, probe, prompts: list[str], settings: StatsSettings) -> dict:
+    """The base model's own-mode statistics, whatever the candidate (a sweep shares them)."""
+    key = stats_key(base, base, probe, prompts, settings)
+    key.pop("model_sha256")
+    key["kind"] = "base-stats"
+    return key
+
+
 def collect_pair(base, model, prompts: list[str], probe, settings: StatsSettings = StatsSettings(),
                  *, cache=None, progress: bool | None = None) -> PairStats:
     """Run the statistics pass on a (base, candidate) pair of LoadedModels.
@@ -266,6 +274,11 @@ def collect_pair(base, model, prompts: list[str], probe, settings: StatsSettings
     ranges = chunk_ranges(len(prompts), settings.max_chunks)
     done = {k: arr for k in range(len(ranges)) if (arr := entry.load_chunk(k)) is not None}
     todo = [k for k in range(len(ranges)) if k not in done]
+    # In "own" mode the base's pass does not depend on the candidate: it is cached on its own,
+    # so a sweep over the checkpoints of a run generates with the base once.
+    base_entry = cache.entry(base_stats_key(base, probe, prompts, settings)) if settings.positions == "own" else None
+    base_done = {k: arr for k in todo if base_entry is not None and (arr := base_entry.load_chunk(k)) is not None}
+    reuse_base = bool(todo) and len(base_done) == len(todo)
     if todo:
         rows = [(i, slot) for slot, k in enumerate(todo) for i in range(*ranges[k])]
         seqs = encode_prompts(base.tokenizer, [prompts[i] for i, _ in rows],
@@ -286,21 +299,29 @@ def collect_pair(base, model, prompts: list[str], probe, settings: StatsSettings
                 acc_m.rows = slots[j:j + bs].to(acc_m.act.device)
                 acc_b.rows = slots[j:j + bs].to(acc_b.act.device)
                 cont_m = greedy_generate(model, batch, T, acc_m)
-                if settings.positions == "own":
+                if reuse_base:
+                    cont_b = None  # read from the base's own cache entry below
+                elif settings.positions == "own":
                     cont_b = greedy_generate(base, batch, T, acc_b)
                 else:  # the base reads the candidate's continuation, in the same cached steps
                     cont_b = greedy_generate(base, batch, T, acc_b, forced=cont_m)
                 for r, slot in enumerate(slots[j:j + bs].tolist()):
-                    conts_b[slot].append(cont_b[r].cpu().numpy())
+                    if cont_b is not None:
+                        conts_b[slot].append(cont_b[r].cpu().numpy())
                     conts_m[slot].append(cont_m[r].cpu().numpy())
                 for slot in sorted({s for s in slots[j:j + bs].tolist() if last_row[s] < j + bs}):
                     k = todo[slot]
-                    arrays = {f"base_{n}": v for n, v in acc_b.slot_arrays(slot).items()}
+                    if reuse_base:
+                        arrays = {n: v for n, v in base_done[k].items() if n.startswith("base_")}
+                    else:
+                        arrays = {f"base_{n}": v for n, v in acc_b.slot_arrays(slot).items()}
+                        arrays["base_continuations"] = np.stack(conts_b[slot]).astype(np.int64)
                     arrays.update({f"model_{n}": v for n, v in acc_m.slot_arrays(slot).items()})
-                    arrays["base_continuations"] = np.stack(conts_b[slot]).astype(np.int64)
                     arrays["model_continuations"] = np.stack(conts_m[slot]).astype(np.int64)
                     _check_finite(arrays, f"chunk {k} (prompts {ranges[k][0]}..{ranges[k][1] - 1})")
                     entry.save_chunk(k, arrays)
+                    if base_entry is not None and not reuse_base:
+                        base_entry.save_chunk(k, {n: v for n, v in arrays.items() if n.startswith("base_")})
                     done[k] = arrays
                 bar.update(len(batch.tokens))
         bar.close()
