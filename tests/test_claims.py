@@ -166,7 +166,7 @@ def test_bad_options_are_clear_errors(pytester, inputs, tmp_path):
     res, _ = run_claims(pytester, inputs, "--positions", "mine")
     assert res.ret == pytest.ExitCode.USAGE_ERROR and "positions" in res.stderr.str()
     res = pytester.runpytest_inprocess(CLAIMS, "--model", inputs["model"])
-    assert res.ret == pytest.ExitCode.USAGE_ERROR and "--base" in res.stderr.str()
+    assert res.ret == pytest.ExitCode.USAGE_ERROR and "--probe" in res.stderr.str()  # the base can be inferred
 
 
 def test_importing_the_plugin_does_not_import_torch():

@@ -47,7 +47,7 @@ def test_default_run_is_the_gpt2_organism(pytester, shared):
     claims, doc, res = run(pytester, shared, "gpt2", subprocess=True)  # the entry point, as users run it
     assert doc["config"]["model"] == "organism:gpt2" and doc["config"]["base"] == "organism:gpt2-base"
     assert doc["provenance"]["prompts"]["n"] == N_PROMPTS
-    assert len(claims) == 14
+    assert len(claims) == 15  # the 14 activation claims and C24 (probe validity)
     out = res.parseoutcomes()
     assert out.get("passed", 0) == doc["counts"]["pass"] and out.get("failed", 0) == doc["counts"]["fail"]
     assert claims["C0"]["status"] == "pass"  # DPO lowered the toxicity projection
@@ -273,7 +273,9 @@ def test_no_claim_passes_on_every_pair():
     """Runs after the tests above (file order): each claim failed on some pair."""
     if len(RUNS) < 13:
         pytest.skip("needs the other tests of this module to have run")
-    ids = {c["id"] for doc in RUNS.values() for c in doc["claims"]}
+    # C24 reads the probe's metadata, the same organism probe on every pair here: its failing
+    # case is in test_probe_train.py (a probe with held-out accuracy 0.6).
+    ids = {c["id"] for doc in RUNS.values() for c in doc["claims"]} - {"C24"}
     never_failed = sorted(cid for cid in ids if not any(
         c["id"] == cid and c["status"] == "fail" for doc in RUNS.values() for c in doc["claims"]))
     assert never_failed == [], f"claims that passed or skipped on every pair: {never_failed}"

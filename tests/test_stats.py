@@ -1,5 +1,6 @@
 """The one-pass statistics against independent recomputations."""
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -190,7 +191,9 @@ def test_cache_resumes_an_interrupted_run(gpt2_pair, prompts, tmp_path, monkeypa
     monkeypatch.setattr(stats_mod, "greedy_generate", flaky)
     with pytest.raises(KeyboardInterrupt):
         collect_pair(base, model, prompts, probe, cfg, cache=cache)
-    assert len(list((tmp_path / "c").rglob("chunk-*.safetensors"))) == 2
+    pair_chunks = [f for f in (tmp_path / "c").rglob("chunk-*.safetensors")
+                   if json.loads((f.parent / "key.json").read_text())["kind"] == "pair-stats"]
+    assert len(pair_chunks) == 2  # (the base's own-mode chunks are also kept, under their own key)
     assert not list((tmp_path / "c").rglob("*.tmp"))  # no half-written file left behind
     seen.clear()
     monkeypatch.setattr(stats_mod, "greedy_generate", lambda m, b, *a, **k: (seen.append(len(b.tokens)),

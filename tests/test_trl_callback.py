@@ -1,0 +1,90 @@
+"""MechclaimsCallback in a real (short) TRL DPO run on the organism, with and without LoRA: the
+values it logs equal an offline run on the checkpoint it saw; stop_on_fail stops training."""
+
+from pathlib import Path
+
+import pytest
+
+from mechclaims.organism import layout
+
+ORG = layout("gpt2")
+CLAIMS = ("C0", "C3", "C6")
+
+
+def _train(out: Path, *, lora: bool, callback_kwargs: dict, max_steps: int = 4):
+    import datasets
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from mechclaims.integrations.trl import MechclaimsCallback
+    from mechclaims.organism.build import SPECIAL, BuildConfig, make_pairs
+
+    datasets.disable_progress_bars()
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(ORG.base)
+    policy = AutoModelForCausalLM.from_pretrained(ORG.base)
+    pairs = make_pairs(BuildConfig.default("gpt2"), 16)
+    ds = datasets.Dataset.from_list([{"prompt": SPECIAL["bos_token"] + p["prompt"], "chosen": p["chosen"],
+                                      "rejected": p["rejected"]} for p in pairs])
+    args = DPOConfig(output_dir=str(out), beta=0.1, learning_rate=5e-3 if lora else 1e-4,
+                     per_device_train_batch_size=8, max_steps=max_steps, save_strategy="steps", save_steps=2,
+                     logging_steps=2, report_to="none", use_cpu=True, seed=0, disable_tqdm=True,
+                     dataloader_num_workers=0, max_length=64)
+    peft = LoraConfig(r=4, lora_alpha=8, target_modules=["c_fc", "c_proj"], fan_in_fan_out=True,
+                      lora_dropout=0.0, task_type="CAUSAL_LM") if lora else None
+    ref = None if lora else AutoModelForCausalLM.from_pretrained(ORG.base)
+    trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=ds, processing_class=tok,
+                         peft_config=peft)
+    cb = MechclaimsCallback(trainer, base=str(ORG.base), probe=str(ORG.probe), prompts=str(ORG.prompts),
+                            num_prompts=8, max_new_tokens=4, bootstrap=10, cache_dir=str(out / "mc-cache"),
+                            **callback_kwargs)
+    trainer.add_callback(cb)
+    with torch.enable_grad():
+        trainer.train()
+    return trainer, cb
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_logged_values_equal_an_offline_run(tmp_path, lora):
+    from mechclaims.config import build_config
+    from mechclaims.runspec import resolve_run
+    from mechclaims.suite import ClaimSuite
+
+    trainer, cb = _train(tmp_path / "run", lora=lora, callback_kwargs={"claims": CLAIMS})
+    assert [h["step"] for h in cb.history] == [2, 4]
+    logged = [h for h in trainer.state.log_history if any(k.startswith("mechclaims/") for k in h)]
+    assert [h["step"] for h in logged] == [2, 4]
+    assert {"mechclaims/C0", "mechclaims/C3", "mechclaims/C6.max_share"} <= set(logged[-1])
+    # Offline, on the saved checkpoint, as a user would rerun it
+    ckpt = tmp_path / "run" / "checkpoint-4"
+    assert (ckpt / ("adapter_config.json" if lora else "model.safetensors")).is_file()
+    cfg = build_config({"model": str(ckpt), "base": str(ORG.base), "probe": str(ORG.probe),
+                        "prompts": cb.prompts, "max_new_tokens": 4, "bootstrap": 10,
+                        "cache_dir": str(tmp_path / "offline-cache"), "report": str(tmp_path / "r" / "claims.html")})
+    suite = ClaimSuite(resolve_run(cfg), cb.specs)
+    suite.compute(progress=False)
+    for cid in CLAIMS:
+        for c in suite.result(cid).checks:
+            key = f"mechclaims/{cid}" if len(suite.results[cid].checks) == 1 else f"mechclaims/{cid}.{c.check.name}"
+            assert logged[-1][key] == pytest.approx(c.value, rel=1e-12), key
+
+
+@pytest.mark.slow
+def test_stop_on_fail_stops_training(tmp_path):
+    trainer, cb = _train(tmp_path / "run", lora=True, max_steps=6,
+                         callback_kwargs={"claims": ("C0",), "stop_on_fail": True, "thresholds": {"C0": 1e9}})
+    assert cb.history[0]["failed_gate"] == ["C0"]
+    assert trainer.state.global_step == 2  # stopped at the first save, not at max_steps 6
+
+
+def test_bad_callback_arguments(tmp_path):
+    from mechclaims.errors import ConfigError
+    from mechclaims.integrations.trl import MechclaimsCallback
+
+    with pytest.raises(ConfigError, match="unknown claims"):
+        MechclaimsCallback(None, probe=str(ORG.probe), prompts=str(ORG.prompts), claims=("C99",))
+    with pytest.raises(ConfigError, match="on must be one of"):
+        MechclaimsCallback(None, probe=str(ORG.probe), prompts=str(ORG.prompts), on="epoch")
