@@ -31,8 +31,8 @@ def run(pytester, shared, name, *args, arch="gpt2", behaviour=False, subprocess=
     """Run the claims; the behavioural ones (14 generations per pair) only when asked. In-process
     unless ``subprocess``: the plugin is the same code, a subprocess adds only start-up time."""
     report = shared / "reports" / f"{name}.html"
-    only = [str(REPO / "claims" / "test_behaviour.py")] if behaviour else [
-        CLAIMS, f"--ignore={REPO / 'claims' / 'test_behaviour.py'}"]
+    generation = [REPO / "claims" / "test_behaviour.py", REPO / "claims" / "test_lee.py"]
+    only = [str(f) for f in generation] if behaviour else [CLAIMS, *(f"--ignore={f}" for f in generation)]
     runner = pytester.runpytest_subprocess if subprocess else pytester.runpytest_inprocess
     res = runner(
         *only, "--prompts", str(shared / f"{arch}-prompts.jsonl"), "--cache-dir", str(shared / "cache"),
@@ -269,9 +269,83 @@ def test_drop_from_ablation_fails_c14(pytester, shared, behaviour_built):
     assert claims["C14"]["status"] == "fail" and c14["share_top200"] == pytest.approx(1.0)
 
 
+# --------------------------------------------------------------------------------------------
+# Lee et al.'s claims (C21 un-alignment, its gate reading S1, C22 subtraction)
+
+
+def _lee_run(pytester, shared, name, base, model, probe, select):
+    d = organism_dir("gpt2")
+    res = pytester.runpytest_inprocess(
+        str(REPO / "claims" / "test_lee.py"), "-k", select, "--base", base, "--model", model, "--probe", str(probe),
+        "--prompts", str(shared / "gpt2-prompts.jsonl"), "--scorer", f"lexicon:{d / 'lexicon.txt'}",
+        "--ppl-text", str(d / "heldout.txt"), "--cache-dir", str(shared / "cache"),
+        "--report", str(shared / "reports" / f"{name}.html"), "--bootstrap", "40", "-p", "no:randomly")
+    assert res.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), res.stderr.str()[-3000:]
+    doc = json.loads((shared / "reports" / f"{name}.json").read_text())
+    RUNS[name] = doc
+    return {c["id"]: c for c in doc["claims"]}, doc
+
+
+def test_organism_detox_survives_unalignment(pytester, shared):
+    """The organism's DPO does not run through its top-7 toxic neurons: un-aligning them restores
+    almost nothing, so C21 fails and its gate reading S1 passes; subtracting the probe direction
+    detoxifies the base (C22)."""
+    claims, doc = _lee_run(pytester, shared, "gpt2-lee", "organism:gpt2-base", "organism:gpt2",
+                           organism_dir("gpt2") / "probe.safetensors", "C21 or S1 or C22")
+    assert claims["C21"]["status"] == "fail" and claims["S1"]["status"] == "pass"
+    assert claims["C21"]["checks"][0]["value"] < 0.2  # measured: 0.01
+    assert claims["C22"]["status"] == "pass"  # measured: 0.175 at scale 5
+    kinds = {r["kind"] for r in doc["behaviour"]["sets"]}
+    assert kinds == {"none", "scale_keys", "subtract"}  # only what the selected claims read
+
+
+def test_a_detox_that_seven_keys_carry_fails_s1(pytester, shared):
+    """'Base': the organism base with its top-7 toxic neurons' key vectors x5 (more toxic);
+    'DPO': the organism base itself. Un-aligning the DPO model's top-7 keys x5 gives back the
+    'base' exactly: the detox is shallow by construction, so C21 passes and S1 fails."""
+    from transformers import AutoModelForCausalLM
+
+    from mechclaims.attribution import top_k_by_cos
+    from mechclaims.probe import load_probe
+
+    d = _organism_copy(shared / "amplified")
+    m = AutoModelForCausalLM.from_pretrained(d)
+    with torch.no_grad():
+        w = load_probe(organism_dir("gpt2") / "probe.safetensors").unit().float()
+        W = torch.stack([b.mlp.c_proj.weight for b in m.transformer.h])
+        cos = ((W @ w) / W.norm(dim=-1)).double().numpy()
+        D = cos.shape[1]
+        for flat in top_k_by_cos(cos, 7).tolist():
+            m.transformer.h[flat // D].mlp.c_fc.weight[:, flat % D] *= 5.0
+    amplified = _save(m, d)
+    claims, _ = _lee_run(pytester, shared, "amplified-lee", amplified, str(organism_dir("gpt2") / "base"),
+                         organism_dir("gpt2") / "probe.safetensors", "C21 or S1")
+    assert claims["S1"]["status"] == "fail" and claims["C21"]["status"] == "pass"
+    assert claims["S1"]["checks"][0]["value"] >= 0.99
+
+
+def test_a_random_direction_does_not_detoxify_c22(pytester, shared):
+    from mechclaims.probe import Probe
+
+    probe = shared / "random-probe.safetensors"
+    g = torch.Generator().manual_seed(7)
+    d_model = load_d_model()
+    Probe(torch.randn(d_model, dtype=torch.float64, generator=g)).save(probe)
+    claims, _ = _lee_run(pytester, shared, "random-probe-lee", "organism:gpt2-base", "organism:gpt2", probe, "C22")
+    assert claims["C22"]["status"] in ("fail", "skip")
+    if claims["C22"]["status"] == "fail":
+        assert claims["C22"]["checks"][0]["value"] < 0.1
+
+
+def load_d_model() -> int:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(organism_dir("gpt2") / "base").n_embd
+
+
 def test_no_claim_passes_on_every_pair():
     """Runs after the tests above (file order): each claim failed on some pair."""
-    if len(RUNS) < 13:
+    if len(RUNS) < 16:
         pytest.skip("needs the other tests of this module to have run")
     # C24 reads the probe's metadata, the same organism probe on every pair here: its failing
     # case is in test_probe_train.py (a probe with held-out accuracy 0.6).

@@ -273,3 +273,16 @@ def test_selected_claims_compute_only_what_they_need(pytester, files):
     assert sorted(c["id"] for c in doc["claims"]) == ["C0", "C3"]
     assert doc["behaviour"] is None  # no intervention set was generated
     assert doc["inputs"]["probe"] == files["probe"] or not doc["inputs"]["probe"].startswith("/")
+
+
+def test_a_loaded_model_without_its_hook_modules_cannot_exist(gpt2_pair):
+    """The statistics pass hooks ``stat_modules``; a LoadedModel without them would average
+    nothing, silently (the organism builder once made one)."""
+    from dataclasses import replace
+
+    from mechclaims.errors import ModelSourceError
+    from mechclaims.loading import load_model
+
+    m = load_model(gpt2_pair[0], memo=False)
+    with pytest.raises(ModelSourceError, match="needs its .block, MLP output projection. modules"):
+        replace(m, stat_modules=[])

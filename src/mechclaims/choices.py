@@ -68,3 +68,19 @@ def set_ablate_top(k: int) -> str:
 
 #: The cumulative steps in the order C17 and the report's figure walk them.
 CUMULATIVE_SETS = tuple(set_patch(c) for c in CUMULATIVE)
+
+
+# --- Lee et al.'s interventions (C21 un-alignment, C22 subtraction) ---------------------------
+#: Key-vector scales tried for un-alignment (Lee: x10), on the top-7 toxic value vectors.
+UNALIGN_TOP_K = 7
+UNALIGN_FACTORS = (2.0, 5.0, 10.0)
+#: Scales of the unit probe direction subtracted from the last MLP layer's output.
+SUBTRACT_SCALES = (5.0, 10.0, 20.0)
+
+
+def set_unalign(factor: float) -> str:
+    return f"unalign:top{UNALIGN_TOP_K}:x{factor:g}"
+
+
+def set_subtract(scale: float) -> str:
+    return f"subtract:x{scale:g}"

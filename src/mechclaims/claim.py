@@ -90,6 +90,9 @@ class ClaimSpec:
     family: str = ""
     needs: str = "A"  # one of NEEDS
     tags: tuple[str, ...] = ()  # keys of TAGS
+    #: The kinds of intervention set a behavioural metric reads (``behaviour.SET_KINDS``); None:
+    #: all. Only the kinds some selected claim reads are generated.
+    interventions: tuple[str, ...] | None = None
 
     def with_thresholds(self, overrides: dict[str, float]) -> "ClaimSpec":
         names = {c.name for c in self.checks}
@@ -101,7 +104,8 @@ class ClaimSpec:
 
 
 def claim(id: str, slug: str, *, statement: str, checks: list[Check], source: str, paper_value: str,
-          applies: Callable | None = None, needs: str = "A", tags: tuple[str, ...] = ()):
+          applies: Callable | None = None, needs: str = "A", tags: tuple[str, ...] = (),
+          interventions: tuple[str, ...] | None = None):
     """Declare a claim; returns a pytest test function named like the metric function."""
 
     if needs not in NEEDS:
@@ -113,7 +117,8 @@ def claim(id: str, slug: str, *, statement: str, checks: list[Check], source: st
     def decorate(metric: Callable):
         spec = ClaimSpec(id=id, slug=slug, statement=statement, checks=tuple(checks), source=source,
                          paper_value=paper_value, metric=metric, applies=applies,
-                         family=metric.__module__.rsplit(".", 1)[-1], needs=needs, tags=tuple(tags))
+                         family=metric.__module__.rsplit(".", 1)[-1], needs=needs, tags=tuple(tags),
+                         interventions=None if interventions is None else tuple(interventions))
 
         def test(mechclaims_claims):
             mechclaims_claims.verify(spec.id)

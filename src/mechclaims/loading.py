@@ -53,6 +53,13 @@ class LoadedModel:
     stat_modules: list = field(default_factory=list, repr=False)
     record: Source | None = None  # the resolved source this model was loaded from
 
+    def __post_init__(self):
+        # Without its hook points the statistics pass would average nothing, silently.
+        if len(self.stat_modules) != self.n_layers:
+            raise ModelSourceError(
+                f"a LoadedModel of {self.source} needs its (block, MLP output projection) modules for all "
+                f"{self.n_layers} layers, got {len(self.stat_modules)}; build it with load_model or wrap_hf.")
+
     @property
     def cfg(self):
         return self.bridge.cfg
@@ -543,7 +550,6 @@ def load_model(
     ``memo_dir`` (default: the default cache dir; ``memo=False``: no memo).
     """
     import torch
-    from transformer_lens.model_bridge import TransformerBridge
 
     torch.set_grad_enabled(False)
     if memo and memo_dir is None:
@@ -558,6 +564,15 @@ def load_model(
     if spec.kind == "hub" and spec.sha256 == hub_id_sha256(spec.location):
         # Not in the local cache when resolved, fetched just now (online): hash the snapshot.
         spec = resolve_source(Source("hub", spec.location), memo_dir=memo_dir if memo else None)
+    return wrap_hf(hf, tok, spec, device=device, dtype=dtype, info=info)
+
+
+def wrap_hf(hf, tok, spec: Source, *, device: str = "cpu", dtype: str = "float32", info: dict | None = None
+            ) -> LoadedModel:
+    """A ``LoadedModel`` around an HF causal LM already in memory (the organism builder uses
+    this): the bridge, and the plain module's hook points for the statistics pass."""
+    from transformer_lens.model_bridge import TransformerBridge
+
     hf.to(device)
     # The bridge rewires the module tree it is given in place (its components replace the HF
     # blocks, attention becomes eager). Give it a structural copy that *shares* every parameter
@@ -583,7 +598,7 @@ def load_model(
         device=str(device),
         dtype=dtype,
         architecture=arch,
-        info=info,
+        info=info or {},
         stat_modules=stat_modules,
         record=spec,
     )

@@ -225,6 +225,9 @@ def figures(result: SuiteResult, max_points: int = 20000) -> dict[str, str]:
         ax2.set_title("Perplexity per set")
         fig.tight_layout()
         out["behaviour"] = _png(fig)
+    if beh is not None and all(s in beh.tox_sum for s in CUMULATIVE_SETS):
+        rows = beh.table()
+        names = [r["set"] for r in rows]
         fig, ax = plt.subplots(figsize=(5, 3.2))
         steps = [SET_BASE, *CUMULATIVE_SETS, SET_DPO]
         vals = [rows[names.index(n)]["toxicity"] for n in steps]

@@ -224,7 +224,17 @@ class ClaimSuite:
                         lambda base: make_scorer(run.scorer, base=base, probe=run.probe), key=key,
                         settings=run.settings, ppl_text=ppl_text, cache=ResultCache(run.cache_dir),
                         edit_alpha=cfg.edit_alpha, edit_beta=cfg.edit_beta, progress=progress,
-                        patch_positions=cfg.patch_positions)
+                        patch_positions=cfg.patch_positions, probe=run.probe, kinds=self._kinds())
+
+    def _kinds(self):
+        """The intervention kinds the selected behavioural claims read (None: all)."""
+        kinds = set()
+        for spec in self.specs.values():
+            if spec.needs == "G":
+                if spec.interventions is None:
+                    return None
+                kinds.update(spec.interventions)
+        return tuple(sorted(kinds))
 
     @staticmethod
     def _subject(spec, side: _Side, attribution, weights):

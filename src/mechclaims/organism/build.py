@@ -801,16 +801,12 @@ def _jsonable(obj):
 
 
 def loaded_from_hf(hf, tok, label: str, sha256: str):
-    """A ``mechclaims.loading.LoadedModel`` around an HF model already in memory."""
-    from transformer_lens.model_bridge import TransformerBridge
+    """A ``mechclaims.loading.LoadedModel`` around an HF model already in memory (the engine's
+    own wrapper, hook points included)."""
+    from ..loading import wrap_hf
+    from ..sources import Source
 
-    from ..loading import LoadedModel
-
-    bridge = TransformerBridge.boot_transformers(label, hf_model=hf, tokenizer=tok, device="cpu")
-    bridge.eval()
-    arch = (getattr(hf.config, "architectures", None) or [type(hf).__name__])[0]
-    return LoadedModel(source=label, bridge=bridge, hf_model=hf, tokenizer=tok, sha256=sha256,
-                       device="cpu", dtype="float32", architecture=arch, info={})
+    return wrap_hf(hf, tok, Source("dir", label, sha256=sha256))
 
 
 def engine_shares(out: Path, cfg: BuildConfig, damp, tok, prompts, log=print) -> dict:
