@@ -17,31 +17,12 @@ N_PROMPTS = 8
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
-    """Two checkpoints of a short LoRA DPO run on the GPT-2 organism's base (TRL + PEFT)."""
-    import datasets
-    import torch
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
-
-    from mechclaims.organism.build import SPECIAL, BuildConfig, make_pairs
+    """Three checkpoints of a short LoRA DPO run on the GPT-2 organism's base (TRL + PEFT)."""
+    from tests.trl_runs import short_dpo_trainer, train
 
     out = tmp_path_factory.mktemp("lora-dpo")
-    datasets.disable_progress_bars()
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(ORG.base)
-    policy = AutoModelForCausalLM.from_pretrained(ORG.base)
-    pairs = make_pairs(BuildConfig.default("gpt2"), 16)
-    ds = datasets.Dataset.from_list([{"prompt": SPECIAL["bos_token"] + p["prompt"], "chosen": p["chosen"],
-                                      "rejected": p["rejected"]} for p in pairs])
-    args = DPOConfig(output_dir=str(out / "run"), beta=0.1, learning_rate=5e-3, per_device_train_batch_size=8,
-                     max_steps=6, save_strategy="steps", save_steps=2, logging_steps=2, report_to="none",
-                     use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0, max_length=64)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["c_fc", "c_proj"], fan_in_fan_out=True,
-                      lora_dropout=0.0, task_type="CAUSAL_LM")
-    trainer = DPOTrainer(model=policy, args=args, train_dataset=ds, processing_class=tok, peft_config=lora)
-    with torch.enable_grad():
-        trainer.train()
+    trainer, tok = short_dpo_trainer(out / "run", lora=True, max_steps=6)
+    train(trainer)
     run = out / "run"
     ckpts = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     assert [c.name for c in ckpts] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]

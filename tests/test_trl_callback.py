@@ -12,38 +12,15 @@ CLAIMS = ("C0", "C3", "C6")
 
 
 def _train(out: Path, *, lora: bool, callback_kwargs: dict, max_steps: int = 4):
-    import datasets
-    import torch
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
-
     from mechclaims.integrations.trl import MechclaimsCallback
-    from mechclaims.organism.build import SPECIAL, BuildConfig, make_pairs
+    from tests.trl_runs import short_dpo_trainer, train
 
-    datasets.disable_progress_bars()
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(ORG.base)
-    policy = AutoModelForCausalLM.from_pretrained(ORG.base)
-    pairs = make_pairs(BuildConfig.default("gpt2"), 16)
-    ds = datasets.Dataset.from_list([{"prompt": SPECIAL["bos_token"] + p["prompt"], "chosen": p["chosen"],
-                                      "rejected": p["rejected"]} for p in pairs])
-    args = DPOConfig(output_dir=str(out), beta=0.1, learning_rate=5e-3 if lora else 1e-4,
-                     per_device_train_batch_size=8, max_steps=max_steps, save_strategy="steps", save_steps=2,
-                     logging_steps=2, report_to="none", use_cpu=True, seed=0, disable_tqdm=True,
-                     dataloader_num_workers=0, max_length=64)
-    peft = LoraConfig(r=4, lora_alpha=8, target_modules=["c_fc", "c_proj"], fan_in_fan_out=True,
-                      lora_dropout=0.0, task_type="CAUSAL_LM") if lora else None
-    ref = None if lora else AutoModelForCausalLM.from_pretrained(ORG.base)
-    trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=ds, processing_class=tok,
-                         peft_config=peft)
+    trainer, _ = short_dpo_trainer(out, lora=lora, max_steps=max_steps)
     cb = MechclaimsCallback(trainer, base=str(ORG.base), probe=str(ORG.probe), prompts=str(ORG.prompts),
                             num_prompts=8, max_new_tokens=4, bootstrap=10, cache_dir=str(out / "mc-cache"),
                             **callback_kwargs)
     trainer.add_callback(cb)
-    with torch.enable_grad():
-        trainer.train()
-    return trainer, cb
+    return train(trainer), cb
 
 
 @pytest.mark.slow

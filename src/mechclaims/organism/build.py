@@ -108,6 +108,27 @@ class BuildConfig:
         raise ConfigError(f"unknown arch {arch!r}; expected one of {ARCHS}.")
 
     @classmethod
+    def v2(cls, arch: str) -> "BuildConfig":
+        """Organism v2 (issue #11): >= 8,192 (GPT-2) / 4,096 (Llama) MLP neurons and a partial DPO.
+
+        Measured in /tmp/organism-v2 (LOG.md) with build.py's own functions, 1 thread:
+        gpt2 4x96x2048: DPO toxicity 0.872 -> 0.392 (-55%), ppl ratio 0.999, probe 0.958/0.953,
+        dampened k=256 drop 0.52; llama 4x128x1024: see LOG.md (dampening needs amount -1.0,
+        i.e. the activation's sign flipped; 0.0 on all 1,048 candidates only reaches 0.29).
+        The figures assume fp32 DPO: ``train_dpo`` must pass ``bf16=False`` to ``DPOConfig``
+        (TRL defaults to bf16 autocast, which on CPU is ~10x slower at these sizes and was not
+        what was measured).
+        """
+        base = cls.default(arch)
+        if arch == "gpt2":
+            over = dict(n_layer=4, d_model=96, d_mlp=2048, n_head=4, pretrain_steps=300,
+                        n_pairs=640, dpo_lr=5.5e-6)
+        else:
+            over = dict(n_layer=4, d_model=128, d_mlp=1024, n_head=4, pretrain_steps=300,
+                        n_pairs=640, dpo_lr=2.5e-5, dampen_amount=-1.0)
+        return cls(**{**asdict(base), **over})
+
+    @classmethod
     def micro(cls, arch: str) -> "BuildConfig":
         """Tiny sizes for the test suite: every step runs, no figure is expected to pass."""
         base = cls.default(arch)
