@@ -111,9 +111,9 @@ class BuildConfig:
     def v2(cls, arch: str) -> "BuildConfig":
         """Organism v2 (issue #11): >= 8,192 (GPT-2) / 4,096 (Llama) MLP neurons and a partial DPO.
 
-        Measured in /tmp/organism-v2 (LOG.md) with build.py's own functions, 1 thread:
+        Measured with build.py's own functions, 1 thread (docs/organism-v2-experiments.md):
         gpt2 4x96x2048: DPO toxicity 0.872 -> 0.392 (-55%), ppl ratio 0.999, probe 0.958/0.953,
-        dampened k=256 drop 0.52; llama 4x128x1024: see LOG.md (dampening needs amount -1.0,
+        dampened k=256 drop 0.52; llama 4x128x1024: see the experiments log (dampening needs amount -1.0,
         i.e. the activation's sign flipped; 0.0 on all 1,048 candidates only reaches 0.29).
         The figures assume fp32 DPO: ``train_dpo`` must pass ``bf16=False`` to ``DPOConfig``
         (TRL defaults to bf16 autocast, which on CPU is ~10x slower at these sizes and was not
