@@ -20,7 +20,7 @@ from .loading import WEIGHT_PROCESSING, check_pair, load_model
 from .probe import Probe, load_probe, probe_summary
 from .prompts import prompts_sha256, read_prompts
 from .provenance import display_path, now_utc, package_versions
-from .sources import Source, as_source
+from .sources import Source, resolve_source
 from .stats import PairStats, StatsSettings, chunk_ranges, collect_pair, stack_chunks, stats_key
 
 
@@ -68,8 +68,8 @@ def analyze(base_source: "str | Source", model_source: "str | Source", probe: st
     here once. ``cache_dir``: True = the default cache dir, False/None = no cache, or a path.
     """
     cache = ResultCache(default_cache_dir() if cache_dir is True else (cache_dir or None))
-    base_src = as_source(base_source, memo_dir=cache.root)
-    model_src = as_source(model_source, base=base_src, memo_dir=cache.root)
+    base_src = resolve_source(base_source, memo_dir=cache.root)
+    model_src = resolve_source(model_source, base=base_src, memo_dir=cache.root)
     prompt_list = list(prompts) if isinstance(prompts, (list, tuple)) else read_prompts(prompts)
     probe_obj = probe if isinstance(probe, Probe) else load_probe(probe)
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from .choices import DTYPES
 from .errors import IncompatibleCheckpoints, ModelSourceError, UnsafeCheckpoint
-from .sources import Source, SourceSpec, as_source, hub_id_sha256, parse_source, resolve_source  # noqa: F401
+from .sources import Source, hub_id_sha256, parse_source, resolve_source  # noqa: F401 - parse_source re-exported
 
 WEIGHT_PROCESSING = "raw HF weights (TransformerBridge default; no compatibility mode)"
 
@@ -137,7 +137,7 @@ _TOKENIZER_FILES_LOOKED_FOR = "tokenizer.json, tokenizer_config.json, vocab.json
 _MIN_TOKENIZER_FRACTION = 0.5
 
 
-def open_hf(spec: SourceSpec, *, dtype: str = "float32"):
+def open_hf(spec: Source, *, dtype: str = "float32"):
     """Open a fresh plain HF causal LM and tokenizer for ``spec``; returns (model, tokenizer, info).
 
     Before any weights are read, a ``dir`` or ``hub`` source is checked from its config.json
@@ -188,7 +188,7 @@ def open_hf(spec: SourceSpec, *, dtype: str = "float32"):
 
 
 @contextlib.contextmanager
-def _hf_load_errors(spec: SourceSpec):
+def _hf_load_errors(spec: Source):
     """Turn transformers' errors for a ``dir``/``hub`` source into ModelSourceError types."""
     import pickle
 
@@ -228,7 +228,7 @@ def _hf_load_errors(spec: SourceSpec):
         ) from exc
 
 
-def _read_hf_config(spec: SourceSpec) -> tuple[dict, str]:
+def _read_hf_config(spec: Source) -> tuple[dict, str]:
     """config.json of a ``dir`` (read as JSON) or ``hub`` source (through AutoConfig, which
     reads the local cache offline), and where it was read, without touching any weights."""
     if spec.kind == "dir":
@@ -295,7 +295,7 @@ def _check_tokenizer_files(directory: Path) -> None:
     )
 
 
-def _check_tokenizer_size(tok, config: dict, spec: SourceSpec) -> None:
+def _check_tokenizer_size(tok, config: dict, spec: Source) -> None:
     """ModelSourceError when the tokenizer is far smaller than the model's vocabulary."""
     vocab_size = config.get("vocab_size")
     if not isinstance(vocab_size, int) or vocab_size <= 0:
@@ -317,7 +317,7 @@ def _pickled_weight_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("pytorch_model*.bin"))
 
 
-def _open_pickled_dir(spec: SourceSpec, files: list[Path], tdtype):
+def _open_pickled_dir(spec: Source, files: list[Path], tdtype):
     """Build the model from config and load pickled weights through ``load_state_dict``."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -556,7 +556,7 @@ def load_model(
         from .cache import default_cache_dir
 
         memo_dir = default_cache_dir()
-    spec = as_source(source, base=base, memo_dir=memo_dir if memo else None)
+    spec = resolve_source(source, base=base, memo_dir=memo_dir if memo else None)
     hf, tok, info = open_hf(spec, dtype=dtype)
     if tok.pad_token_id is None:
         # Padding is always masked; any id works, and EOS is what the paper's code used.
@@ -672,7 +672,7 @@ def parity_check(model: LoadedModel, tokens=None, *, tolerance: float | None = N
         g = torch.Generator().manual_seed(0)
         tokens = torch.randint(0, model.d_vocab, (2, 12), generator=g)
     tokens = tokens.to(model.device)
-    spec = model.record or as_source(model.source, memo_dir=None)
+    spec = model.record or resolve_source(model.source, memo_dir=None)
     plain, _, _ = open_hf(spec, dtype=model.dtype)
     plain.to(model.device)
     with torch.no_grad():

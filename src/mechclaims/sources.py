@@ -80,8 +80,6 @@ class Source:
                 **({"base_source": self.base.label} if self.base is not None else {})}
 
 
-SourceSpec = Source  # the name used before sources were resolved into records
-
 
 def parse_source(source: str, *, base: str | None = None) -> Source:
     """Parse a model source string (no hashing); ``base`` completes a bare weights file.
@@ -195,12 +193,6 @@ def resolve_source(source: "str | Source", *, base: "str | Source | None" = None
         return spec
     b = resolve_source(spec.base, memo_dir=memo_dir) if spec.base is not None else None
     return Source(spec.kind, spec.location, b, _sha256(spec, b, memo_dir))
-
-
-def as_source(source: "str | Source", *, base: "str | Source | None" = None,
-              memo_dir: str | Path | None = None) -> Source:
-    """The API boundary: library functions accept a string or a record; they work on records."""
-    return resolve_source(source, base=base, memo_dir=memo_dir)
 
 
 def _sha256(spec: Source, base: Source | None, memo_dir) -> str:

@@ -107,6 +107,7 @@ def run_sweep(config, checkpoints: list[Checkpoint], specs: dict, *, select: str
               progress: bool | None = None) -> SweepResult:
     """Run the claims on every checkpoint. ``config``: a ClaimsConfig whose ``model`` is replaced
     by each checkpoint in turn; ``select``: ``all`` or ``gate`` (only the gating claims)."""
+    from .report import build_document
     from .runspec import resolve_run
     from .suite import ClaimSuite
 
@@ -120,8 +121,6 @@ def run_sweep(config, checkpoints: list[Checkpoint], specs: dict, *, select: str
         suite.compute(progress=progress)
         for cid in specs:
             suite.result(cid)
-        from .report import build_document
-
         result = suite.suite_result()
         out.rows.append(SweepRow(c, result, build_document(result)))
     return out
