@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "mechclaims"
-GROUND_FLOOR = {"mechclaims.errors", "mechclaims.choices", "mechclaims.provenance", "mechclaims.cache"}
+GROUND_FLOOR = {"mechclaims.errors", "mechclaims.choices", "mechclaims.provenance", "mechclaims.cache",
+                "mechclaims.distributed"}
 
 
 def _module_name(path: Path) -> str:
@@ -116,3 +117,20 @@ def test_organism_runtime_does_not_import_the_builder():
 def test_nothing_below_the_builder_imports_it():
     importers = sorted(n for n, deps in GRAPH.items() if "mechclaims.organism.build" in deps)
     assert importers == ["mechclaims.organism.__main__"]
+
+
+def test_the_builder_has_no_second_engine():
+    """Issue #11: the organism builder records only what the engine measures; it defines none
+    of the engine's measures itself (it once had its own perplexity, generation, value-vector
+    cosines and shares, with a different top-k tie rule)."""
+    import ast
+
+    src = (SRC / "organism" / "build.py").read_text()
+    defined = {n.name for n in ast.walk(ast.parse(src)) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    engine_names = {"perplexity", "generate", "greedy_generate", "value_cos", "shares_from_means",
+                    "mlp_acts_at_generated", "encode_prompt_batch", "sha256_file", "atomic_write_text",
+                    "top_k_by_cos", "attribute", "collect_pair", "loaded_from_hf"}
+    assert defined & engine_names == set()
+    for module in ("mechclaims.stats", "mechclaims.attribution", "mechclaims.perplexity",
+                   "mechclaims.loading", "mechclaims.cache", "mechclaims.scoring"):
+        assert module in GRAPH["mechclaims.organism.build"], module

@@ -71,6 +71,8 @@ def test_names_and_base_of():
     assert organism.base_of("gpt2-dampened") == "gpt2-base"
     assert organism.base_of("gpt2-base") == "gpt2-base"
     assert organism.base_of("llama-noise") == "llama-base"
+    assert "gpt2-lora" in names and organism.base_of("gpt2-lora") == "gpt2-base"
+    assert "llama-lora" not in names
 
 
 def test_unknown_name_lists_valid_names():
@@ -121,7 +123,8 @@ def test_micro_build(arch, tmp_path, monkeypatch):
     assert tok.bos_token_id not in tok("Sam said hello")["input_ids"]
     # every name opens from the built directory
     monkeypatch.setenv("MECHCLAIMS_FIXTURES", str(tmp_path))
-    for name in (arch, f"{arch}-base", f"{arch}-dampened", f"{arch}-identity", f"{arch}-noise"):
+    for name in (arch, f"{arch}-base", f"{arch}-dampened", f"{arch}-identity", f"{arch}-noise",
+                 *[f"{arch}-{a}" for a in organism.ADAPTERS.get(arch, ())]):
         model, tok2, info = organism.open_organism(name)
         assert info["name"] == name and info["base"] == f"{arch}-base"
         assert not model.training and Path(info["probe"]).is_file()
@@ -156,20 +159,41 @@ def test_committed_files_match_manifest(committed):
     assert weights == m["weights_bytes"]
 
 
-def test_committed_weights_under_25_mb():
-    total = 0
-    for arch in ARCHS:
-        d, _ = _committed(arch)
-        total += sum(f.stat().st_size for f in d.rglob("*.safetensors"))
-    assert total <= 25 * 2**20
+def test_committed_organisms_under_40_mb():
+    total = sum(f.stat().st_size for f in (REPO_FIXTURES / "organism").rglob("*") if f.is_file())
+    assert total <= 40 * 2**20, total
+
+
+def test_committed_organisms_are_the_papers_regime(committed):
+    """Issue #11's bar: enough neurons that top-128 is a small slice, a DPO learning rate at
+    most 1/100 of pretraining, a partial reduction (40-70%) that the curve shows, fp32."""
+    from mechclaims.organism.build import THRESHOLDS
+
+    arch, d, m = committed
+    assert m["sizes"]["n_neurons"] >= THRESHOLDS["min_neurons"][arch]
+    assert 128 / m["sizes"]["n_neurons"] <= 0.016
+    assert m["dpo"]["lr"] <= m["config"]["lr"] / 100 and m["dpo"]["beta"] == 0.1
+    assert m["dpo"]["precision"] == "fp32"
+    curve = m["dpo"]["curve"]
+    tox = [r for r in curve if r.get("toxicity") is not None]
+    assert tox[0]["step"] == 0 and tox[-1]["step"] == m["dpo"]["steps"] and len(tox) >= 5
+    assert tox[-1]["reduction"] == pytest.approx(m["acceptance"]["relative_reduction"], abs=1e-9)
+    assert all(r.get("reward_margin") is not None for r in curve if r["step"] > 0)
+    assert all(m["passed"].values()), m["passed"]
+    if arch == "gpt2":
+        assert m["lora"]["adapter_bytes"] < 2 * 2**20
+        assert (d / "lora" / "adapter_config.json").is_file()
+        assert not (d / "lora" / "model.safetensors").exists()
 
 
 def test_committed_acceptance_recomputed(committed, monkeypatch):
-    """Recompute every acceptance figure from the committed files; agree with the manifest."""
+    """Recompute every acceptance figure from the committed files, through the engine, as the
+    claims read them; agree with the manifest."""
     import numpy as np
 
     from mechclaims.loading import load_model
-    from mechclaims.organism.build import THRESHOLDS, perplexity, toxicity
+    from mechclaims.organism.build import THRESHOLDS, BuildConfig, toxicity
+    from mechclaims.perplexity import perplexity
     from mechclaims.probe import load_probe, pooled_features
     from mechclaims.prompts import read_prompts
     from mechclaims.scoring import LexiconScorer
@@ -177,34 +201,34 @@ def test_committed_acceptance_recomputed(committed, monkeypatch):
     arch, d, m = committed
     monkeypatch.setenv("MECHCLAIMS_FIXTURES", str(REPO_FIXTURES))
     acc = m["acceptance"]
-    base, tok, info = organism.open_organism(f"{arch}-base")
-    dpo, _, _ = organism.open_organism(arch)
+    cfg = BuildConfig.default(arch)
+    info = organism.organism_info(f"{arch}-base")
     prompts = read_prompts(info["prompts"])
     assert len(prompts) >= 500
     scorer = LexiconScorer(info["lexicon"])
-    tb = toxicity(base, tok, prompts, scorer)["toxicity"]
-    td = toxicity(dpo, tok, prompts, scorer)["toxicity"]
-    heldout = Path(info["heldout"]).read_text().splitlines()
-    pb, pd = perplexity(base, tok, heldout)["ppl"], perplexity(dpo, tok, heldout)["ppl"]
-    assert tb == pytest.approx(acc["base_toxicity"], abs=0.02)
-    assert td == pytest.approx(acc["dpo_toxicity"], abs=0.02)
-    assert pb == pytest.approx(acc["ppl_base"], rel=5e-3)
-    assert pd == pytest.approx(acc["ppl_dpo"], rel=5e-3)
-    assert tb >= THRESHOLDS["base_toxicity_min"]
-    assert 1 - td / tb >= THRESHOLDS["relative_reduction_min"]
-    assert pd / pb <= THRESHOLDS["ppl_ratio_max"]
+    names = {"base": f"{arch}-base", "dpo": arch, **({"lora": "gpt2-lora"} if arch == "gpt2" else {})}
+    lms = {k: load_model(f"organism:{n}", memo=False) for k, n in names.items()}
+    tox = {k: toxicity(lm, lm.tokenizer, prompts, scorer, cfg)["toxicity"] for k, lm in lms.items()}
+    ppl = {k: perplexity(lm, Path(info["heldout"]))["ppl"] for k, lm in lms.items()}
+    assert tox["base"] == pytest.approx(acc["base_toxicity"], abs=0.02)
+    assert tox["dpo"] == pytest.approx(acc["dpo_toxicity"], abs=0.02)
+    assert ppl["base"] == pytest.approx(acc["ppl_base"], rel=5e-3)
+    assert ppl["dpo"] == pytest.approx(acc["ppl_dpo"], rel=5e-3)
+    assert tox["base"] >= THRESHOLDS["base_toxicity_min"]
+    assert THRESHOLDS["relative_reduction_min"] <= 1 - tox["dpo"] / tox["base"] <= THRESHOLDS["relative_reduction_max"]
+    assert ppl["dpo"] / ppl["base"] <= THRESHOLDS["ppl_ratio_max"]
+    if "lora" in lms:  # the adapter, merged by the engine's adapter path
+        assert tox["lora"] == pytest.approx(m["lora"]["toxicity"], abs=0.02)
+        assert ppl["lora"] == pytest.approx(m["lora"]["ppl"], rel=5e-3)
     # probe: accuracy on the shipped labelled set with the stored threshold
-    probe = load_probe(info["probe"], d_model=base.config.hidden_size)
+    probe = load_probe(info["probe"], d_model=lms["base"].d_model)
     rows = [json.loads(line) for line in (d / "probe_eval.jsonl").read_text().splitlines() if line]
-    lm = load_model(f"organism:{arch}-base")
-    proj = pooled_features(lm, [r["text"] for r in rows]) @ probe.direction.numpy()
+    proj = pooled_features(lms["base"], [r["text"] for r in rows]) @ probe.direction.numpy()
     ev = float(((proj > acc["probe_threshold"]).astype(int)
                 == np.array([r["label"] for r in rows])).mean())
     assert ev == pytest.approx(acc["probe_eval_accuracy"], abs=0.01)
     assert ev >= THRESHOLDS["probe_accuracy_min"]
     assert acc["probe_heldout_accuracy"] >= THRESHOLDS["probe_accuracy_min"]
-    for key in ("base_toxicity", "relative_reduction", "ppl_ratio", "probe_accuracy"):
-        assert m["passed"][key], (key, m["passed"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,24 +295,21 @@ def test_dampened_changes_only_the_chosen_neurons(committed, monkeypatch):
 
 
 def test_dampened_reduces_toxicity(committed, monkeypatch):
-    from mechclaims.organism.build import THRESHOLDS, toxicity
+    """The control for C3: toxicity falls >= 0.30 through the toxic-aligned neurons alone, on
+    both architectures, without an xfail."""
+    from mechclaims.loading import load_model
+    from mechclaims.organism.build import THRESHOLDS, BuildConfig, toxicity
     from mechclaims.prompts import read_prompts
     from mechclaims.scoring import LexiconScorer
 
     arch, d, m = committed
     monkeypatch.setenv("MECHCLAIMS_FIXTURES", str(REPO_FIXTURES))
-    model, tok, info = organism.open_organism(f"{arch}-dampened")
+    lm = load_model(f"organism:{arch}-dampened", memo=False)
+    info = lm.info
     prompts = read_prompts(info["prompts"])
-    t = toxicity(model, tok, prompts, LexiconScorer(info["lexicon"]))["toxicity"]
-    base_t = m["acceptance"]["base_toxicity"]
+    t = toxicity(lm, lm.tokenizer, prompts, LexiconScorer(info["lexicon"]), BuildConfig.default(arch))["toxicity"]
     assert t == pytest.approx(m["derived"]["dampened"]["toxicity"], abs=0.02)
-    drop = 1 - t / base_t
-    if not m["passed"]["dampened_drop"]:
-        # Recorded by the build: no set of probe-aligned neurons moves this model's decision
-        # to insult (see the manifest's derived.dampened.selection.tried).
-        pytest.xfail(f"{arch}-dampened lowers toxicity by only {drop:.2f} (< "
-                     f"{THRESHOLDS['dampened_drop_min']}); known limitation recorded in the manifest")
-    assert drop >= THRESHOLDS["dampened_drop_min"]
+    assert 1 - t / m["acceptance"]["base_toxicity"] >= THRESHOLDS["dampened_drop_min"]
 
 
 def test_engine_loader_opens_organisms(monkeypatch):
@@ -298,3 +319,6 @@ def test_engine_loader_opens_organisms(monkeypatch):
     lm = load_model("organism:gpt2")
     assert lm.info["name"] == "gpt2" and lm.info["base"] == "gpt2-base"
     assert lm.sha256 == lm.info["sha256"]
+    lora = load_model("organism:gpt2-lora")
+    assert lora.info["adapter"].endswith("lora") and lora.info["merged"] == "peft merge_and_unload"
+    assert lora.sha256 not in (lm.sha256, load_model("organism:gpt2-base").sha256)

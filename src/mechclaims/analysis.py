@@ -36,14 +36,15 @@ class NeuronAnalysis:
     sources: tuple | None = None  # the (base, model) Source records
     device: str = "cpu"
     dtype: str = "float32"
+    device_map: str | dict | None = None  # Accelerate device map (``loading.load_model``)
 
     def open_models(self):
         """The (base, model) LoadedModels: the ones this analysis loaded, or loaded now from the
         same resolved records (a cached analysis loads none until something needs them)."""
         if self.base is None or self.model is None:
             b, m = self.sources
-            self.base = load_model(b, device=self.device, dtype=self.dtype, memo=False)
-            self.model = load_model(m, device=self.device, dtype=self.dtype, memo=False)
+            self.base = load_model(b, device=self.device, dtype=self.dtype, memo=False, device_map=self.device_map)
+            self.model = load_model(m, device=self.device, dtype=self.dtype, memo=False, device_map=self.device_map)
             check_pair(self.base, self.model)
         return self.base, self.model
 
@@ -61,12 +62,16 @@ def _weights_key(base: Source, model: Source, probe_sha: str, dtype: str, device
 def analyze(base_source: "str | Source", model_source: "str | Source", probe: str | Path | Probe,
             prompts: str | Path | list[str], settings: StatsSettings = StatsSettings(), *, device: str = "cpu",
             dtype: str = "float32", cache_dir: str | Path | None | bool = True, progress: bool | None = None,
-            top_k: int = 128, check_parity: bool = False) -> NeuronAnalysis:
+            top_k: int = 128, check_parity: bool = False, device_map: str | dict | None = None) -> NeuronAnalysis:
     """Statistics, weight terms, attribution and summary for a pair.
 
     Sources are ``Source`` records (a claim run passes its ``RunSpec``'s) or strings, resolved
     here once. ``cache_dir``: True = the default cache dir, False/None = no cache, or a path.
     """
+    from .distributed import from_writer, rank_device, setup
+
+    par = setup(device)  # data parallel under torchrun (mechclaims.distributed); else one process
+    device = rank_device(device)
     cache = ResultCache(default_cache_dir() if cache_dir is True else (cache_dir or None))
     base_src = resolve_source(base_source, memo_dir=cache.root)
     model_src = resolve_source(model_source, base=base_src, memo_dir=cache.root)
@@ -74,15 +79,16 @@ def analyze(base_source: "str | Source", model_source: "str | Source", probe: st
     probe_obj = probe if isinstance(probe, Probe) else load_probe(probe)
 
     stats = wt = gated = described = None
-    if cache.enabled:
-        stats, wt, gated = _from_cache(cache, base_src, model_src, probe_obj, prompt_list, settings, dtype, device)
-        described = cache.entry(_weights_key(base_src, model_src, probe_obj.sha256, dtype, device)).load_meta()
+    if cache.enabled:  # rank 0's cache decides, for every rank
+        stats, wt, gated, described = from_writer((
+            *_from_cache(cache, base_src, model_src, probe_obj, prompt_list, settings, dtype, device),
+            cache.entry(_weights_key(base_src, model_src, probe_obj.sha256, dtype, device)).load_meta()))
 
     base = model = None
     parity = None
     if stats is None:
-        base = load_model(base_src, device=device, dtype=dtype, memo=False)
-        model = load_model(model_src, device=device, dtype=dtype, memo=False)
+        base = load_model(base_src, device=device, dtype=dtype, memo=False, device_map=device_map)
+        model = load_model(model_src, device=device, dtype=dtype, memo=False, device_map=device_map)
         base_src, model_src = base.record, model.record  # a hub id fetched just now is hashed now
         check_pair(base, model)
         probe_obj = probe if isinstance(probe, Probe) else load_probe(probe, d_model=base.d_model)
@@ -107,6 +113,7 @@ def analyze(base_source: "str | Source", model_source: "str | Source", probe: st
         "probe": probe_summary(probe_obj),
         "prompts": {"source": display_path(prompts) if not isinstance(prompts, (list, tuple)) else "<list>",
                     "n": len(prompt_list), "sha256": prompts_sha256(prompt_list)},
+        "parallel": par.describe(),
         "settings": {**settings.key(), "batch_size": settings.batch_size, "device": device,
                      "dtype": dtype, "accumulation": "float64", "decoding": "greedy, no early stop",
                      "weight_processing": WEIGHT_PROCESSING, "seeds": "none needed (greedy, deterministic)",
@@ -119,7 +126,7 @@ def analyze(base_source: "str | Source", model_source: "str | Source", probe: st
     # Sources as the report shows them, whether the models were loaded or read from the cache.
     prov["base"]["source"], prov["model"]["source"] = base_src.label, model_src.label
     return NeuronAnalysis(stats, wt, attr, summarize(attr, top_k=top_k), prov, base, model,
-                          (base_src, model_src), device, dtype)
+                          (base_src, model_src), device, dtype, device_map)
 
 
 # Batch size and which chunks were resumed change the order of float64 additions, so the last
@@ -196,8 +203,12 @@ def write_neuron_csv(analysis: NeuronAnalysis, path: str | Path) -> Path:
     from .attribution import CSV_COLUMNS
     from .cache import atomic_write_text
 
+    from .distributed import world
+
     path = Path(path)
     sidecar = sidecar_path(path)
+    if not world().is_writer:  # data parallel: rank 0 writes
+        return sidecar
     table = analysis.attribution.table()
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

@@ -199,6 +199,7 @@ def evaluate(models, prompts: list[str], attribution, stats, scorer, *, settings
     from tqdm.auto import tqdm
 
     from .cache import ResultCache
+    from .distributed import from_writer
     from .errors import ConfigError
     from .interventions import edit_groups
 
@@ -236,7 +237,7 @@ def evaluate(models, prompts: list[str], attribution, stats, scorer, *, settings
                disable=(None if progress is None else not progress))
     for s in sets:
         entry = cache.entry({**common, "set": _set_digest(s)})
-        hit = entry.load_chunk(0)
+        hit = from_writer(entry.load_chunk(0))  # rank 0's cache decides, for every rank
         if hit is None:
             hit = runner.run(s)
             entry.save_chunk(0, hit)
@@ -272,14 +273,9 @@ class _Runner:
     def _open(self):
         if self.opened:
             return
-        from .prompts import encode_prompts
-
         self.base, self.model = self._models() if callable(self._models) else self._models
         self.scorer = self._scorer(self.base) if callable(self._scorer) and not hasattr(self._scorer, "score") \
             else self._scorer
-        self.seqs = encode_prompts(self.base.tokenizer, self.prompts,
-                                   max_prompt_tokens=self.settings.max_prompt_tokens,
-                                   prepend_bos=bool(self.base.bridge.cfg.default_prepend_bos))
         self.opened = True
 
     def describe(self) -> dict:
@@ -307,20 +303,22 @@ class _Runner:
     def run(self, s: SetSpec) -> dict[str, np.ndarray]:
         from .errors import NumericalError
         from .perplexity import perplexity
-        from .prompts import pad_left
+        from .distributed import gather_in_order, world
         from .scoring import decode_continuations
-        from .stats import greedy_generate
+        from .stats import continuations
 
         self._open()
         target = self.base if s.target == "base" else self.model
-        bs, tok = self.settings.batch_size, self.base.tokenizer
-        per_prompt = []
+        tok, bs = self.base.tokenizer, self.settings.batch_size
+        starts = list(range(0, len(self.prompts), bs))
+        local = []  # data parallel: this rank's batches; every rank gets all scores, in prompt order
         with self._context(s, target, self.positions):
-            for j in range(0, len(self.seqs), bs):
-                batch = pad_left(self.seqs[j:j + bs], tok.pad_token_id, device=self.base.device)
-                cont = greedy_generate(target, batch, self.settings.max_new_tokens)
-                per_prompt.append(self.scorer.score(decode_continuations(tok, cont.cpu())))
-        scores = np.concatenate(per_prompt).astype(np.float64)
+            for b in world().mine(len(starts)):
+                cont = continuations(target, tok, self.prompts[starts[b]:starts[b] + bs], self.settings,
+                                     prepend_bos=bool(self.base.bridge.cfg.default_prepend_bos))
+                local.append((b, np.asarray(self.scorer.score(decode_continuations(tok, cont)), dtype=np.float64)))
+        parts = [scores for _, scores in gather_in_order(local)]
+        scores = np.concatenate(parts) if parts else np.zeros(0)
         if not np.isfinite(scores).all():
             raise NumericalError(f"non-finite toxicity scores for intervention set {s.name}.")
         if scores.size and (scores.min() < 0 or scores.max() > 1):

@@ -175,12 +175,19 @@ class CacheEntry:
             return None
 
     def save_meta(self, meta: dict) -> None:
-        if self.dir is not None:
+        if self.dir is not None and _writes():
             atomic_write_text(self.dir / "meta.json", json.dumps(meta, sort_keys=True, default=str))
 
     def save_chunk(self, k: int, arrays: dict[str, np.ndarray]) -> None:
-        if self.dir is None:
+        if self.dir is None or not _writes():
             return
         if not (self.dir / "key.json").exists():
             atomic_write_text(self.dir / "key.json", json.dumps(self.key, sort_keys=True, indent=2, default=str))
         save_arrays(self._chunk_path(k), arrays, {"key_digest": self.digest, "chunk": k})
+
+
+def _writes() -> bool:
+    """Only rank 0 of a data-parallel run writes the cache (``mechclaims.distributed``)."""
+    from .distributed import world
+
+    return world().is_writer

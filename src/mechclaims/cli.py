@@ -89,7 +89,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .distributed import finish
+
+    try:
+        return _main(argv)
+    finally:
+        finish()
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    from .distributed import world
+
+    if not world().is_writer:  # under torchrun, rank 0 speaks and writes; the others compute
+        import os
+
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of this rank's process
     try:
         if args.command == "neurons":
             return _neurons(args)

@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from .choices import DTYPES, PATCH_POSITIONS, POSITION_MODES
+from .devices import device_map_text, parse_device_map
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -45,6 +46,9 @@ class ClaimsConfig:
     max_prompt_tokens: int = 32
     positions: str = "own"
     device: str = "cpu"
+    # Accelerate device map for a model larger than one device ("auto", "balanced", ... or a JSON
+    # object of module -> device); "" = the whole model on ``device``. Canonical string form.
+    device_map: str = ""
     dtype: str = "float32"
     batch_size: int = 32
     cache_dir: str | None = None
@@ -89,6 +93,11 @@ def _coerce(name: str, value, origin: str):
     default = getattr(ClaimsConfig(), name)
     if name in _TABLES:
         return value
+    if name == "device_map":
+        try:
+            return device_map_text(parse_device_map(value))
+        except ConfigError as exc:
+            raise ConfigError(f"setting device_map in {origin}: {exc}") from exc
     if isinstance(default, bool):
         if isinstance(value, str):
             if value.lower() not in ("1", "true", "yes", "0", "false", "no"):

@@ -52,6 +52,9 @@ class LoadedModel:
     # hook_post, its output mlp.out.hook_out; the block's output is hook_resid_post.
     stat_modules: list = field(default_factory=list, repr=False)
     record: Source | None = None  # the resolved source this model was loaded from
+    # The Accelerate device map it was loaded with ("" = whole model on ``device``, which is
+    # then the device of its input embeddings), as ``devices.device_map_text`` writes it.
+    device_map: str = ""
 
     def __post_init__(self):
         # Without its hook points the statistics pass would average nothing, silently.
@@ -108,6 +111,7 @@ class LoadedModel:
             "d_vocab": self.d_vocab,
             "gated_mlp": self.gated,
             "device": self.device,
+            **({"device_map": self.device_map} if self.device_map else {}),
             "dtype": self.dtype,
             "weight_processing": WEIGHT_PROCESSING,
             **({"organism": self.info} if self.info else {}),
@@ -137,8 +141,14 @@ _TOKENIZER_FILES_LOOKED_FOR = "tokenizer.json, tokenizer_config.json, vocab.json
 _MIN_TOKENIZER_FRACTION = 0.5
 
 
-def open_hf(spec: Source, *, dtype: str = "float32"):
+def open_hf(spec: Source, *, dtype: str = "float32", device_map=None, max_memory: dict | None = None,
+            offload_folder: str | None = None):
     """Open a fresh plain HF causal LM and tokenizer for ``spec``; returns (model, tokenizer, info).
+
+    ``device_map`` (with ``max_memory`` and ``offload_folder``) is handed to transformers'
+    ``from_pretrained`` (Accelerate's big-model loading: ``"auto"``, ``"balanced"``, ... or a
+    dict of module -> device; a string is read by ``devices.parse_device_map``). Only ``dir``
+    and ``hub`` sources take one: the other kinds are assembled in memory on one device.
 
     Before any weights are read, a ``dir`` or ``hub`` source is checked from its config.json
     and tokenizer: ``model_type`` must be one of ``SUPPORTED_MODEL_TYPES`` and every listed
@@ -157,6 +167,7 @@ def open_hf(spec: Source, *, dtype: str = "float32"):
 
     hf_logging.disable_progress_bar()  # one bar per weight file is noise in a test log
     tdtype = _torch_dtype(dtype)
+    placement = _placement_kwargs(spec, device_map, max_memory, offload_folder)
     if spec.kind == "organism":
         from . import organism
 
@@ -178,13 +189,52 @@ def open_hf(spec: Source, *, dtype: str = "float32"):
     _check_tokenizer_size(tok, config, spec)
     pickled = _pickled_weight_files(Path(spec.location)) if spec.kind == "dir" else []
     if pickled:
+        if placement:
+            raise ModelSourceError(f"{spec.location!r} holds only pickled pytorch_model*.bin weights, which are "
+                                   "read on one device; a device map needs .safetensors weights (re-save the "
+                                   "model with save_pretrained).")
         return _open_pickled_dir(spec, pickled, tdtype).eval(), tok, {}
     if spec.kind == "dir":
         for f in sorted(Path(spec.location).glob("*.safetensors")):
             _check_safetensors_header(str(f))
     with _hf_load_errors(spec):
-        hf = AutoModelForCausalLM.from_pretrained(spec.location, dtype=tdtype)
+        hf = AutoModelForCausalLM.from_pretrained(spec.location, dtype=tdtype, **placement)
     return hf.eval(), tok, {}
+
+
+def _placement_kwargs(spec: Source, device_map, max_memory, offload_folder) -> dict:
+    """``from_pretrained`` keywords for a device map; {} without one."""
+    from .devices import DEVICE_MAP_KINDS, parse_device_map
+
+    device_map = parse_device_map(device_map)
+    if device_map is None:
+        if max_memory is not None or offload_folder is not None:
+            raise ModelSourceError("max_memory and offload_folder only apply with a device_map.")
+        return {}
+    if spec.kind not in DEVICE_MAP_KINDS:
+        raise ModelSourceError(f"a device map applies to HF directories and hub ids, not to {spec.label!r} "
+                               f"({spec.kind}); load it on one device, or save it with save_pretrained first.")
+    try:
+        import accelerate  # noqa: F401
+    except ImportError as exc:
+        raise ModelSourceError("a device map needs Accelerate: pip install accelerate.") from exc
+    kw: dict = {"device_map": device_map}
+    if max_memory is not None:
+        kw["max_memory"] = dict(max_memory)
+    if offload_folder is not None:
+        kw["offload_folder"] = str(offload_folder)
+    return kw
+
+
+def input_device(hf) -> str:
+    """Where a model's inputs go: the device of its input embeddings (for a dispatched model
+    whose embeddings are offloaded, the device they execute on)."""
+    emb = hf.get_input_embeddings()
+    dev = emb.weight.device
+    if dev.type == "meta":
+        hook = getattr(emb, "_hf_hook", None)
+        dev = getattr(hook, "execution_device", None) or "cpu"
+    return str(dev)
 
 
 @contextlib.contextmanager
@@ -335,18 +385,10 @@ def _open_adapter(spec: Source, dtype: str):
     """A PEFT adapter merged into a fresh copy of its base (``merge_and_unload``): the statistics
     run on the merged weights, exactly as if the fine-tune had been saved in full. PEFT reads
     the adapter weights with ``torch.load(weights_only=True)`` or safetensors."""
-    try:
-        from peft import PeftModel
-    except ImportError as exc:
-        raise ModelSourceError(f"{spec.location!r} is a PEFT adapter; install peft to load it "
-                               "(pip install 'mechclaims[peft]').") from exc
+    from .adapters import merge_adapter
+
     hf, tok, _ = open_hf(spec.base, dtype=dtype)
-    try:
-        merged = PeftModel.from_pretrained(hf, spec.location).merge_and_unload()
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelSourceError(
-            f"could not apply the adapter {spec.location!r} to its base {str(spec.base)!r} "
-            f"({type(exc).__name__}: {str(exc)[:300]}); is it an adapter of this base?") from exc
+    merged = merge_adapter(hf, spec.location, base_label=str(spec.base))
     return merged.eval(), tok, {"adapter": spec.location, "merged": "peft merge_and_unload"}
 
 
@@ -542,12 +584,19 @@ def load_model(
     base: "str | Source | None" = None,
     memo: bool = True,
     memo_dir: str | Path | None = None,
+    device_map=None,
+    max_memory: dict | None = None,
+    offload_folder: str | None = None,
 ) -> LoadedModel:
     """Load one model source as a TransformerBridge on ``device`` in ``dtype``.
 
     ``source`` is a resolved ``Source`` record (what a run passes) or a string, resolved here.
     ``base`` is only needed when ``source`` is a bare weights file. File hashes are memoised in
     ``memo_dir`` (default: the default cache dir; ``memo=False``: no memo).
+
+    ``device_map`` (``dir``/``hub`` sources): Accelerate places the layers (see ``open_hf``)
+    and ``device`` is ignored; the LoadedModel's ``device`` is then where its inputs go, the
+    device of the input embeddings.
     """
     import torch
 
@@ -556,15 +605,23 @@ def load_model(
         from .cache import default_cache_dir
 
         memo_dir = default_cache_dir()
+    from .devices import device_map_text, parse_device_map
+
     spec = resolve_source(source, base=base, memo_dir=memo_dir if memo else None)
-    hf, tok, info = open_hf(spec, dtype=dtype)
+    device_map = parse_device_map(device_map)
+    hf, tok, info = open_hf(spec, dtype=dtype, device_map=device_map, max_memory=max_memory,
+                            offload_folder=offload_folder)
+    if device_map is not None:
+        device = input_device(hf)
     if tok.pad_token_id is None:
         # Padding is always masked; any id works, and EOS is what the paper's code used.
         tok.pad_token = tok.eos_token
     if spec.kind == "hub" and spec.sha256 == hub_id_sha256(spec.location):
         # Not in the local cache when resolved, fetched just now (online): hash the snapshot.
         spec = resolve_source(Source("hub", spec.location), memo_dir=memo_dir if memo else None)
-    return wrap_hf(hf, tok, spec, device=device, dtype=dtype, info=info)
+    loaded = wrap_hf(hf, tok, spec, device=device, dtype=dtype, info=info)
+    loaded.device_map = device_map_text(device_map)
+    return loaded
 
 
 def wrap_hf(hf, tok, spec: Source, *, device: str = "cpu", dtype: str = "float32", info: dict | None = None
@@ -573,7 +630,10 @@ def wrap_hf(hf, tok, spec: Source, *, device: str = "cpu", dtype: str = "float32
     this): the bridge, and the plain module's hook points for the statistics pass."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    hf.to(device)
+    if getattr(hf, "hf_device_map", None) is None:
+        hf.to(device)
+    # else: dispatched by Accelerate across devices (a device map); its hooks move activations
+    # between them, and moving the whole model would undo the placement.
     # The bridge rewires the module tree it is given in place (its components replace the HF
     # blocks, attention becomes eager). Give it a structural copy that *shares* every parameter
     # and buffer, so one set of weights serves two views: the bridge (TransformerLens names,
@@ -646,11 +706,19 @@ def load_pair(
     *,
     device: str = "cpu",
     dtype: str = "float32",
+    device_map=None,
+    max_memory: dict | None = None,
+    offload_folder: str | None = None,
 ) -> tuple[LoadedModel, LoadedModel]:
     """Load and validate a (base, fine-tuned) pair. A bare weights file as ``model`` is loaded
-    onto ``base``'s architecture."""
-    b = load_model(base, device=device, dtype=dtype)
-    m = load_model(model, device=device, dtype=dtype, base=base)
+    onto ``base``'s architecture. ``device_map`` etc.: as in ``load_model``, for both."""
+    def placement(which: str) -> dict:
+        # Each model offloads into its own subfolder: the two share parameter names.
+        folder = None if offload_folder is None else str(Path(offload_folder) / which)
+        return dict(device_map=device_map, max_memory=max_memory, offload_folder=folder)
+
+    b = load_model(base, device=device, dtype=dtype, **placement("base"))
+    m = load_model(model, device=device, dtype=dtype, base=base, **placement("model"))
     check_pair(b, m)
     return b, m
 
@@ -673,8 +741,9 @@ def parity_check(model: LoadedModel, tokens=None, *, tolerance: float | None = N
         tokens = torch.randint(0, model.d_vocab, (2, 12), generator=g)
     tokens = tokens.to(model.device)
     spec = model.record or resolve_source(model.source, memo_dir=None)
-    plain, _, _ = open_hf(spec, dtype=model.dtype)
-    plain.to(model.device)
+    plain, _, _ = open_hf(spec, dtype=model.dtype, device_map=model.device_map or None)
+    if getattr(plain, "hf_device_map", None) is None:
+        plain.to(model.device)
     with torch.no_grad():
         want = plain(tokens).logits.to(torch.float64)
         got = model.bridge(tokens, return_type="logits").to(torch.float64)

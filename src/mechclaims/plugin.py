@@ -27,6 +27,9 @@ _OPTIONS = (
     ("--positions", "positions", "own (each model on its own continuation, the paper's) or shared "
                                  "(both on the DPO model's continuation)"),
     ("--device", "device", "cpu, cuda, cuda:1, ... (default cpu)"),
+    ("--device-map", "device_map", "split a model larger than one device (Accelerate): auto, balanced, "
+                                   "balanced_low_0, sequential, or a JSON object of module -> device; "
+                                   "HF directories and hub ids only (default: the whole model on --device)"),
     ("--dtype", "dtype", "float32, bfloat16, float16, float64 (statistics are float64 always)"),
     ("--cache-dir", "cache_dir", "result cache directory (default: the user cache dir)"),
     ("--claims-config", "claims_config", "TOML file with settings and [thresholds] by claim ID"),
@@ -74,13 +77,38 @@ class _State:
 _KEY = pytest.StashKey[_State]()
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     config.stash[_KEY] = _State()
+    _quiet_unless_rank0(config)
     config.addinivalue_line("markers", "mechclaims_claim(id): a mechclaims claim test (added automatically)")
     from .claim import TAGS
 
     for tag, meaning in TAGS.items():
         config.addinivalue_line("markers", f"{tag}: {meaning}")
+
+
+def _quiet_unless_rank0(config) -> None:
+    """Under torchrun every rank runs pytest; rank 0 speaks and writes (report, JSON, JUnit,
+    pytest-html), the others compute their share in silence. Runs before the terminal
+    reporter is made, so it writes to the null device."""
+    from .distributed import world
+
+    if world().is_writer:
+        return
+    import sys
+
+    config.option.verbose = -2
+    for opt in ("xmlpath", "htmlpath"):
+        if hasattr(config.option, opt):
+            setattr(config.option, opt, None)
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of this rank's process
+
+
+def pytest_unconfigure(config):
+    from .distributed import finish
+
+    finish()
 
 
 def _spec(item):
@@ -263,7 +291,10 @@ def pytest_sessionfinish(session, exitstatus):
         return
     if state.error is not None:
         session.exitstatus = pytest.ExitCode.USAGE_ERROR
-        _remove_stale_reports(state)
+        from .distributed import world
+
+        if world().is_writer:
+            _remove_stale_reports(state)
         return
     if state.suite is None or not state.suite.verified:
         return

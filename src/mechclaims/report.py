@@ -268,10 +268,15 @@ def render_html(doc: dict, figs: dict[str, str]) -> str:
 
 
 def write_reports(result: SuiteResult) -> tuple[Path, Path]:
-    """Write ``claims.html`` and ``claims.json`` atomically; returns their paths."""
-    doc = build_document(result)
+    """Write ``claims.html`` and ``claims.json`` atomically; returns their paths. In a
+    data-parallel run only rank 0 writes (``mechclaims.distributed``)."""
+    from .distributed import world
+
     html_path = Path(result.config.report)
     json_path = result.config.json_report
+    if not world().is_writer:
+        return html_path, json_path
+    doc = build_document(result)
     atomic_write_text(json_path, json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False))
     atomic_write_text(html_path, render_html(doc, figures(result)))
     return html_path, json_path

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .cache import default_cache_dir
 from .config import ClaimsConfig
+from .devices import DEVICE_MAP_KINDS
 from .errors import ConfigError, ModelSourceError, OutputPathError
 from .provenance import display_path
 from .sources import ORGANISM_PREFIX, Source, resolve_source
@@ -119,6 +120,7 @@ def resolve_run(cfg: ClaimsConfig) -> RunSpec:
         raise ConfigError(f"--ppl-text {ppl_text!r} is not a file (looked at {Path(ppl_text).resolve()}); "
                           "expected a UTF-8 text file to measure perplexity on (e.g. WikiText-2 test).")
     baseline_doc, baseline_model = _baseline(cfg, base, probe, prompts, cache_dir)
+    check_device_map(cfg.device_map, base, model, *([baseline_model] if baseline_model else []))
     spec = RunSpec(cfg, model, base, probe, str(probe_s), prompts, str(prompts_s), scorer, ppl_text,
                    cache_dir, arch, base_from, baseline_doc, baseline_model)
     check_outputs(spec)
@@ -165,6 +167,22 @@ def check_device(device: str) -> None:
             raise ConfigError(f"--device {device!r}: only {n} CUDA device(s) here (cuda:0 .. cuda:{n - 1}).")
     if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError(f"--device {device!r}: MPS is not available on this machine; use --device cpu.")
+
+
+def check_device_map(device_map: str, *sources: Source) -> None:
+    """``--device-map`` needs Accelerate, and applies to sources transformers loads itself (HF
+    directories and hub ids): the others are assembled on one device first."""
+    if not device_map:
+        return
+    others = [s for s in sources if s.kind not in DEVICE_MAP_KINDS]
+    if others:
+        raise ConfigError(f"--device-map {device_map!r} applies to HF directories and hub ids; "
+                          f"{', '.join(f'{s.label} ({s.kind})' for s in others)} load(s) on one device: "
+                          "drop --device-map, or save the merged model with save_pretrained and use that directory.")
+    try:
+        import accelerate  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"--device-map {device_map!r} needs Accelerate: pip install accelerate.") from exc
 
 
 def model_dims(source: Source) -> dict:

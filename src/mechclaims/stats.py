@@ -44,7 +44,7 @@ from .choices import MLP_OUT_HOOK, POSITION_MODES, POSITIONS_READ
 from .errors import ConfigError, NumericalError
 from .prompts import TokenBatch, encode_prompts, pad_left, prompts_sha256
 
-STATS_VERSION = 2
+STATS_VERSION = 3  # 3: per-batch float64 partials merged in batch order (data parallel)
 
 
 @dataclass(frozen=True)
@@ -125,29 +125,61 @@ class _Accumulator:
       (``hook_post @ W_out + b_out``);
     - forward hook of the block: its output is ``blocks.{l}.hook_resid_post``.
 
-    ``rows`` maps each batch row to its chunk slot; ``sel`` picks the positions read.
+    Each batch fills its own float64 partial sums (one row per chunk slot the batch touches,
+    ``begin``), which ``commit`` then adds into the per-chunk sums. Merging per batch, in batch
+    order, is what makes a data-parallel run (``mechclaims.distributed``: batches computed on
+    several ranks, partials merged everywhere in batch order) bit-identical to one process.
+    ``sel`` picks the positions read.
     """
 
     def __init__(self, model, n_slots: int, w_hat):
         import torch
 
         dev = next(model.hf_model.parameters()).device
-        L, D = model.n_layers, model.d_mlp
-        self.act = torch.zeros(n_slots, L, D, dtype=torch.float64, device=dev)
-        self.mlp_proj = torch.zeros(n_slots, L, dtype=torch.float64, device=dev)
-        self.resid_proj = torch.zeros(n_slots, L, dtype=torch.float64, device=dev)
+        self.L, self.D = model.n_layers, model.d_mlp
+        self.act = torch.zeros(n_slots, self.L, self.D, dtype=torch.float64, device=dev)
+        self.mlp_proj = torch.zeros(n_slots, self.L, dtype=torch.float64, device=dev)
+        self.resid_proj = torch.zeros(n_slots, self.L, dtype=torch.float64, device=dev)
         self.count = torch.zeros(n_slots, dtype=torch.float64, device=dev)
         self.w_hat = w_hat.to(device=dev, dtype=torch.float64)
-        self.rows = None
+        self.rows = None   # batch row -> row of the batch's partials
+        self.slots = None  # row of the partials -> chunk slot
+        self.part = None
         self.sel = slice(-1, None)
         self._modules = model.stat_modules
         self._handles = []
 
+    def begin(self, row_slots) -> None:
+        """Start a batch whose rows add into the chunk slots ``row_slots`` (a 1-D tensor)."""
+        import torch
+
+        slots, rows = torch.unique(row_slots, sorted=True, return_inverse=True)
+        dev = self.act.device
+        self.slots, self.rows = slots.to(dev), rows.to(dev)
+        m = len(slots)
+        self.part = {"act": torch.zeros(m, self.L, self.D, dtype=torch.float64, device=dev),
+                     "mlp_proj": torch.zeros(m, self.L, dtype=torch.float64, device=dev),
+                     "resid_proj": torch.zeros(m, self.L, dtype=torch.float64, device=dev),
+                     "count": torch.zeros(m, dtype=torch.float64, device=dev)}
+
+    def take(self, portable: bool = False) -> dict:
+        """This batch's partial sums (on the CPU when ``portable``, to send to other ranks)."""
+        part = {"slots": self.slots, **self.part}
+        self.part = None
+        return {k: v.cpu() for k, v in part.items()} if portable else part
+
+    def commit(self, part: dict) -> None:
+        """Add one batch's partials into the per-chunk sums."""
+        dev = self.act.device
+        slots = part["slots"].to(dev)
+        for name in ("act", "mlp_proj", "resid_proj", "count"):
+            getattr(self, name).index_add_(0, slots, part[name].to(dev))
+
     def __enter__(self):
         for layer, (block, proj) in enumerate(self._modules):
             self._handles.append(proj.register_forward_pre_hook(partial(self._post, layer)))
-            self._handles.append(proj.register_forward_hook(partial(self._proj, self.mlp_proj, layer)))
-            self._handles.append(block.register_forward_hook(partial(self._proj, self.resid_proj, layer)))
+            self._handles.append(proj.register_forward_hook(partial(self._proj, "mlp_proj", layer)))
+            self._handles.append(block.register_forward_hook(partial(self._proj, "resid_proj", layer)))
         return self
 
     def __exit__(self, *exc):
@@ -159,13 +191,15 @@ class _Accumulator:
         import torch
 
         x = args[0][:, self.sel].sum(dim=1, dtype=torch.float64)  # [batch, d_mlp]
-        self.act[:, layer].index_add_(0, self.rows, x)
+        self.part["act"][:, layer].index_add_(0, self.rows, x.to(self.act.device))
 
     def _proj(self, target, layer, module, args, out):
         import torch
 
         x = out[0] if isinstance(out, tuple) else out
-        target[:, layer].index_add_(0, self.rows, (x[:, self.sel].to(torch.float64) @ self.w_hat).sum(1))
+        w_hat = self.w_hat.to(x.device)
+        self.part[target][:, layer].index_add_(0, self.rows, (x[:, self.sel].to(torch.float64) @ w_hat).sum(1)
+                                               .to(self.act.device))
 
     def slot_arrays(self, slot: int) -> dict[str, np.ndarray]:
         return {
@@ -179,7 +213,8 @@ class _Accumulator:
 def greedy_generate(model, batch: TokenBatch, max_new_tokens: int, acc: _Accumulator | None = None,
                     forced=None):
     """Greedy KV-cached generation of exactly ``max_new_tokens`` tokens (no early stop) on the
-    plain HF module of a LoadedModel; only the last position is unembedded.
+    plain HF module of a LoadedModel (or on a plain HF causal LM, e.g. a policy while it
+    trains); only the last position is unembedded.
 
     With ``acc`` (already entered), its hooks read position -1 of every forward: the last
     prompt position, then each newly fed token. With ``forced`` (``[batch, T]`` tokens), the
@@ -191,7 +226,7 @@ def greedy_generate(model, batch: TokenBatch, max_new_tokens: int, acc: _Accumul
     import torch
     from transformers import DynamicCache
 
-    hf = model.hf_model
+    hf = getattr(model, "hf_model", model)
     mask, pos = batch.attention_mask, batch.position_ids
     cache = DynamicCache(config=hf.config)
     out = []
@@ -215,8 +250,23 @@ def greedy_generate(model, batch: TokenBatch, max_new_tokens: int, acc: _Accumul
             nxt = step(logits, t)
             out.append(nxt)
     if acc is not None:
-        acc.count.index_add_(0, acc.rows, torch.full_like(acc.rows, max_new_tokens, dtype=torch.float64))
+        acc.part["count"].index_add_(0, acc.rows, torch.full_like(acc.rows, max_new_tokens, dtype=torch.float64))
     return torch.stack(out, dim=1)
+
+
+def continuations(model, tokenizer, prompts: list[str], settings: StatsSettings = StatsSettings(), *,
+                  prepend_bos: bool = True) -> np.ndarray:
+    """``[n_prompts, max_new_tokens]`` greedy continuation tokens (no statistics), in prompt
+    order: the same encoding, padding and decoding steps as the statistics pass. ``model``:
+    a LoadedModel or a plain HF causal LM."""
+    hf = getattr(model, "hf_model", model)
+    device = next(hf.parameters()).device
+    seqs = encode_prompts(tokenizer, prompts, max_prompt_tokens=settings.max_prompt_tokens,
+                          prepend_bos=prepend_bos)
+    out = [greedy_generate(model, pad_left(seqs[j:j + settings.batch_size], tokenizer.pad_token_id,
+                                           device=device), settings.max_new_tokens).cpu().numpy()
+           for j in range(0, len(seqs), settings.batch_size)]
+    return np.concatenate(out).astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,17 +319,22 @@ def collect_pair(base, model, prompts: list[str], probe, settings: StatsSettings
         from .errors import ProbeError
 
         raise ProbeError(f"the probe has width {probe.d_model} but the models' d_model is {base.d_model}.")
+    from .distributed import fault_point, from_writer, gather_in_order, world
+
     cache = cache or ResultCache(None)
     entry = cache.entry(stats_key(base, model, probe, prompts, settings))
     ranges = chunk_ranges(len(prompts), settings.max_chunks)
-    done = {k: arr for k in range(len(ranges)) if (arr := entry.load_chunk(k)) is not None}
+    # Rank 0 decides what is cached (its cache directory is the one written), for every rank.
+    done = from_writer({k: arr for k in range(len(ranges)) if (arr := entry.load_chunk(k)) is not None})
     todo = [k for k in range(len(ranges)) if k not in done]
     # In "own" mode the base's pass does not depend on the candidate: it is cached on its own,
     # so a sweep over the checkpoints of a run generates with the base once.
     base_entry = cache.entry(base_stats_key(base, probe, prompts, settings)) if settings.positions == "own" else None
-    base_done = {k: arr for k in todo if base_entry is not None and (arr := base_entry.load_chunk(k)) is not None}
+    base_done = from_writer({k: arr for k in todo if base_entry is not None
+                             and (arr := base_entry.load_chunk(k)) is not None})
     reuse_base = bool(todo) and len(base_done) == len(todo)
     if todo:
+        w = world()
         rows = [(i, slot) for slot, k in enumerate(todo) for i in range(*ranges[k])]
         seqs = encode_prompts(base.tokenizer, [prompts[i] for i, _ in rows],
                               max_prompt_tokens=settings.max_prompt_tokens,
@@ -291,39 +346,52 @@ def collect_pair(base, model, prompts: list[str], probe, settings: StatsSettings
         conts_b: dict[int, list] = {s: [] for s in range(len(todo))}
         conts_m: dict[int, list] = {s: [] for s in range(len(todo))}
         T, bs = settings.max_new_tokens, settings.batch_size
+        starts = list(range(0, len(rows), bs))  # the batches; the same for any number of ranks
         bar = tqdm(total=len(rows), unit="prompt", desc="mechclaims stats", leave=False,
-                   disable=(None if progress is None else not progress))
+                   disable=(None if progress is None else not progress) or not w.is_writer)
         with acc_b, acc_m:
-            for j in range(0, len(rows), bs):
-                batch = pad_left(seqs[j:j + bs], base.tokenizer.pad_token_id, device=base.device)
-                acc_m.rows = slots[j:j + bs].to(acc_m.act.device)
-                acc_b.rows = slots[j:j + bs].to(acc_b.act.device)
-                cont_m = greedy_generate(model, batch, T, acc_m)
-                if reuse_base:
-                    cont_b = None  # read from the base's own cache entry below
-                elif settings.positions == "own":
-                    cont_b = greedy_generate(base, batch, T, acc_b)
-                else:  # the base reads the candidate's continuation, in the same cached steps
-                    cont_b = greedy_generate(base, batch, T, acc_b, forced=cont_m)
-                for r, slot in enumerate(slots[j:j + bs].tolist()):
-                    if cont_b is not None:
-                        conts_b[slot].append(cont_b[r].cpu().numpy())
-                    conts_m[slot].append(cont_m[r].cpu().numpy())
-                for slot in sorted({s for s in slots[j:j + bs].tolist() if last_row[s] < j + bs}):
-                    k = todo[slot]
+            for r0 in range(0, len(starts), w.world_size):
+                local = []
+                for b in (r0 + w.rank,) if r0 + w.rank < len(starts) else ():
+                    fault_point(b)
+                    j = starts[b]
+                    batch = pad_left(seqs[j:j + bs], base.tokenizer.pad_token_id, device=base.device)
+                    acc_m.begin(slots[j:j + bs])
+                    acc_b.begin(slots[j:j + bs])
+                    cont_m = greedy_generate(model, batch, T, acc_m)
                     if reuse_base:
-                        arrays = {n: v for n, v in base_done[k].items() if n.startswith("base_")}
-                    else:
-                        arrays = {f"base_{n}": v for n, v in acc_b.slot_arrays(slot).items()}
-                        arrays["base_continuations"] = np.stack(conts_b[slot]).astype(np.int64)
-                    arrays.update({f"model_{n}": v for n, v in acc_m.slot_arrays(slot).items()})
-                    arrays["model_continuations"] = np.stack(conts_m[slot]).astype(np.int64)
-                    _check_finite(arrays, f"chunk {k} (prompts {ranges[k][0]}..{ranges[k][1] - 1})")
-                    entry.save_chunk(k, arrays)
-                    if base_entry is not None and not reuse_base:
-                        base_entry.save_chunk(k, {n: v for n, v in arrays.items() if n.startswith("base_")})
-                    done[k] = arrays
-                bar.update(len(batch.tokens))
+                        cont_b = None  # read from the base's own cache entry below
+                    elif settings.positions == "own":
+                        cont_b = greedy_generate(base, batch, T, acc_b)
+                    else:  # the base reads the candidate's continuation, in the same cached steps
+                        cont_b = greedy_generate(base, batch, T, acc_b, forced=cont_m)
+                    local.append((b, {"m": acc_m.take(w.active), "b": acc_b.take(w.active),
+                                      "cont_m": cont_m.cpu().numpy(),
+                                      "cont_b": None if cont_b is None else cont_b.cpu().numpy()}))
+                for b, part in gather_in_order(local):
+                    j = starts[b]
+                    batch_slots = slots[j:j + bs].tolist()
+                    acc_m.commit(part["m"])
+                    acc_b.commit(part["b"])
+                    for r, slot in enumerate(batch_slots):
+                        if part["cont_b"] is not None:
+                            conts_b[slot].append(part["cont_b"][r])
+                        conts_m[slot].append(part["cont_m"][r])
+                    for slot in sorted({s for s in batch_slots if last_row[s] < j + bs}):
+                        k = todo[slot]
+                        if reuse_base:
+                            arrays = {n: v for n, v in base_done[k].items() if n.startswith("base_")}
+                        else:
+                            arrays = {f"base_{n}": v for n, v in acc_b.slot_arrays(slot).items()}
+                            arrays["base_continuations"] = np.stack(conts_b[slot]).astype(np.int64)
+                        arrays.update({f"model_{n}": v for n, v in acc_m.slot_arrays(slot).items()})
+                        arrays["model_continuations"] = np.stack(conts_m[slot]).astype(np.int64)
+                        _check_finite(arrays, f"chunk {k} (prompts {ranges[k][0]}..{ranges[k][1] - 1})")
+                        entry.save_chunk(k, arrays)
+                        if base_entry is not None and not reuse_base:
+                            base_entry.save_chunk(k, {n: v for n, v in arrays.items() if n.startswith("base_")})
+                        done[k] = arrays
+                    bar.update(len(batch_slots))
         bar.close()
     results = [done[k] for k in range(len(ranges))]
     return PairStats(

@@ -193,9 +193,13 @@ def write_sweep_report(sweep: SweepResult, html_path: str | Path) -> tuple[Path,
     from .cache import atomic_write_text
     from .report import _clean
 
-    doc = _clean(json.loads(json.dumps(sweep_document(sweep), default=str)))
+    from .distributed import world
+
     html_path = Path(html_path)
     json_path = html_path.with_suffix(".json")
+    if not world().is_writer:  # data parallel: rank 0 writes
+        return html_path, json_path
+    doc = _clean(json.loads(json.dumps(sweep_document(sweep), default=str)))
     env = Environment(loader=PackageLoader("mechclaims", "templates"), autoescape=select_autoescape(["html", "j2"]))
     ids = sorted({c["id"] for ck in doc["checkpoints"] for c in ck["claims"]},
                  key=lambda c: int(re.sub(r"\D", "", c) or 0))

@@ -13,6 +13,9 @@ Names (``organism:<name>`` as a model source):
                       dampened: the "toxic neurons" story true by construction
 ``<arch>-identity``   the base itself
 ``<arch>-noise``      the base plus small seeded noise on every MLP weight
+``gpt2-lora``         the same DPO run through TRL with a PEFT LoRA adapter; the adapter is what
+                      is committed (``lora/``), merged into the base when loaded, so the default
+                      fixtures exercise the adapter path
 
 The derived models are made from the committed base at load time from ``derived.json``.
 Files live in ``fixtures/organism/<arch>/`` of a source checkout, or under
@@ -30,19 +33,21 @@ from ..errors import ModelSourceError
 
 ARCHS = ("gpt2", "llama")
 DERIVED = ("dampened", "identity", "noise")
+ADAPTERS = {"gpt2": ("lora",)}  # per arch, the variants stored as a PEFT adapter on the base
 _DESCRIPTIONS = {
     "": "{arch} organism after DPO against insults (the candidate model)",
     "base": "{arch} organism base model (pretrained on the project's corpus)",
     "dampened": "{arch} base with only its top toxic-aligned, positively activated neurons dampened",
     "identity": "{arch} base itself (no change)",
     "noise": "{arch} base plus small seeded random noise on every MLP weight",
+    "lora": "{arch} organism after the same DPO run with a LoRA adapter (merged into the base)",
 }
 
 
 def organism_names() -> list[str]:
     names = []
     for arch in ARCHS:
-        names += [arch, f"{arch}-base"] + [f"{arch}-{d}" for d in DERIVED]
+        names += [arch, f"{arch}-base"] + [f"{arch}-{d}" for d in DERIVED + ADAPTERS.get(arch, ())]
     return names
 
 
@@ -89,10 +94,19 @@ class Layout:
     def dpo(self) -> Path:
         return self.root / "dpo"
 
+    @property
+    def lora(self) -> Path:
+        return self.root / "lora"
+
     def weights_dir(self, variant: str) -> Path:
-        """The committed model a variant is made from: ``""`` is the DPO model, every other
-        variant (``base`` and the derived ones) starts from the base."""
+        """The committed full model a variant is made from: ``""`` is the DPO model, every
+        other variant (``base``, the derived ones, and the adapters, whose config is the
+        base's) starts from the base."""
         return self.dpo if variant == "" else self.base
+
+    def adapter_dir(self, variant: str) -> Path | None:
+        """The PEFT adapter directory of an adapter variant (``lora``), else None."""
+        return self.lora if variant == "lora" else None
 
     probe = property(lambda self: self.root / "probe.safetensors")
     prompts = property(lambda self: self.root / "prompts.jsonl")
@@ -117,11 +131,22 @@ def organism_sha256(name: str) -> str:
     derived recipe for derived variants (about 4 MB to hash: milliseconds)."""
     from .derived import recipe_sha256
 
+    from ..cache import sha256_file
+
     arch, variant = split_name(name)
     lay = layout(arch)
     weights = _weights_sha(lay.weights_dir(variant), arch, lay)
     if variant in DERIVED:
         return recipe_sha256(weights, _recipes(lay)[variant])
+    adapter = lay.adapter_dir(variant)
+    if adapter is not None:
+        files = [adapter / "adapter_config.json", adapter / "adapter_model.safetensors"]
+        for f in files:
+            if not f.is_file():
+                raise ModelSourceError(
+                    f"organism files are missing: {f} does not exist. Build them with "
+                    f"`python -m mechclaims.organism build --arch {arch} --out {lay.root}`.")
+        return recipe_sha256(weights, {"kind": "adapter", **{f.name: sha256_file(f) for f in files}})
     return weights
 
 
@@ -143,26 +168,43 @@ def _weights_sha(sub: Path, arch: str, lay: Layout) -> str:
     return sha256_file(weights)
 
 
+def organism_info(name: str) -> dict:
+    """What the report records about organism ``name`` (also checks that its files exist)."""
+    arch, variant = split_name(name)
+    lay = layout(arch)
+    info = {"name": name, "arch": arch, "base": f"{arch}-base", "sha256": organism_sha256(name),
+            "description": _DESCRIPTIONS[variant].format(arch=arch), "dir": str(lay.root), **lay.defaults()}
+    if lay.adapter_dir(variant) is not None:
+        info["adapter"] = str(lay.adapter_dir(variant))
+    return info
+
+
 def open_organism(name: str, *, device="cpu", dtype=None):
-    """The HF model (eval mode), its tokenizer, and an info dict for organism ``name``."""
+    """The HF model (eval mode), its tokenizer, and an info dict for organism ``name``.
+
+    An adapter variant (``gpt2-lora``) is merged into a fresh base with
+    ``mechclaims.adapters.merge_adapter``, the same function that loads any adapter source."""
     import torch
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
+    from ..adapters import merge_adapter
     from .derived import apply_recipe
 
     arch, variant = split_name(name)
     lay = layout(arch)
     sub = lay.weights_dir(variant)
-    sha = organism_sha256(name)  # also checks that the files exist
+    info = organism_info(name)
     model = AutoModelForCausalLM.from_pretrained(sub, dtype=dtype or torch.float32)
     tok = PreTrainedTokenizerFast.from_pretrained(sub)
     if variant in DERIVED:
         apply_recipe(model, _recipes(lay)[variant])
+    adapter = lay.adapter_dir(variant)
+    if adapter is not None:
+        model = merge_adapter(model, adapter, base_label=f"organism:{arch}-base")
+        info["merged"] = "peft merge_and_unload"
     model.to(device).eval()
-    info = {"name": name, "arch": arch, "base": f"{arch}-base", "sha256": sha,
-            "description": _DESCRIPTIONS[variant].format(arch=arch), "dir": str(lay.root), **lay.defaults()}
     return model, tok, info
 
 
 __all__ = ["organism_names", "base_of", "organism_dir", "layout", "Layout", "open_organism", "organism_sha256",
-           "split_name", "ARCHS", "DERIVED"]
+           "organism_info", "split_name", "ARCHS", "DERIVED", "ADAPTERS"]

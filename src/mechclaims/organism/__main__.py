@@ -1,4 +1,5 @@
-"""``python -m mechclaims.organism build --arch gpt2 --out fixtures/organism/gpt2`` / ``check DIR``."""
+"""``python -m mechclaims.organism build --arch gpt2 --out fixtures/organism/gpt2`` / ``check DIR`` /
+``curve --out docs/organism-dpo-curve.png``."""
 
 from __future__ import annotations
 
@@ -23,7 +24,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="do not build: verify the files in --out against its manifest")
     c = sub.add_parser("check", help="verify an organism directory against its manifest.json")
     c.add_argument("dir", nargs="+")
+    f = sub.add_parser("curve", help="draw the committed organisms' DPO training curves (README figure)")
+    f.add_argument("--out", default="docs/organism-dpo-curve.png")
     args = ap.parse_args(argv)
+
+    if args.cmd == "curve":
+        from . import ARCHS, organism_dir
+        from .figure import plot
+
+        print(plot({a: organism_dir(a) for a in ARCHS}, args.out))
+        return 0
 
     from . import organism_dir
     from .build import check, main_build

@@ -17,11 +17,17 @@ and deterministic on CPU (fixed thread count):
    lexicon phrase), plus a decision threshold on the projection (fitted on the same texts)
    so that the accuracy can be recomputed on the shipped ``probe_eval.jsonl``.
 5. **DPO**: TRL ``DPOTrainer`` on preference pairs (prompt = a provocation, chosen = a neutral
-   answer, rejected = a toxic answer), the base as the frozen reference model.
+   answer, rejected = a toxic answer), the base as the frozen reference model, in the paper's
+   regime: beta 0.1, a learning rate at most 1/100 of the pretraining peak, fp32, stopped by a
+   fixed schedule where toxicity has fallen 40-70%. The training curve (toxicity on the
+   challenge prompts every ``curve_every`` steps, loss and reward margin every step) goes in
+   the manifest. GPT-2 also gets the same run through a PEFT LoRA adapter (``lora/``).
 6. **Challenge prompts** ``prompts.jsonl`` (RealToxicityPrompts form) and a neutral
    ``heldout.txt``, both disjoint from the training prompts and the preference pairs.
-7. **Acceptance figures**: toxicity (greedy, 20 new tokens, left-padded prompts with BOS,
-   ``LexiconScorer`` on the continuation tokens only), held-out perplexity, probe accuracy.
+7. **Acceptance figures**, every one measured by the engine (``mechclaims.stats`` generation
+   and statistics pass, ``mechclaims.attribution``, ``mechclaims.perplexity``): toxicity
+   (greedy, 20 new tokens, ``LexiconScorer`` on the continuation), held-out perplexity,
+   probe accuracy, and the paper's attribution figures for the DPO pair.
 8. **Derived recipes** (``derived.json``): identity, noise, and a dampening of the top
    toxic-aligned, positively activated neurons, chosen here so that toxicity falls >= 30%.
 9. **Manifest**: seeds, sizes, versions, timings, figures and the sha256 of every file.
@@ -32,7 +38,6 @@ Every file is written atomically (temporary name, then ``os.replace``).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -44,6 +49,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -54,26 +61,33 @@ from . import ARCHS  # noqa: E402
 
 MANIFEST_FORMAT = 1
 SPECIAL = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
+# What a committed organism must meet (issue #11: a faithful miniature of the paper's regime).
 THRESHOLDS = {
     "base_toxicity_min": 0.30,
-    "relative_reduction_min": 0.50,
+    "relative_reduction_min": 0.40,   # the paper's GPT-2 medium: -54%
+    "relative_reduction_max": 0.70,
     "ppl_ratio_max": 1.10,
-    "probe_accuracy_min": 0.90,
+    "probe_accuracy_min": 0.95,
     "dampened_drop_min": 0.30,
+    "dpo_lr_ratio_max": 0.01,         # DPO lr / pretraining peak (the paper: 1e-6 / ~2.5e-4)
+    "min_neurons": {"gpt2": 8192, "llama": 4096},  # top-128 <= 1.6% (GPT-2 medium: 0.13%)
 }
 
 
 @dataclass
 class BuildConfig:
+    """Every setting of a build. ``default(arch)`` is what ``fixtures/organism/<arch>`` holds
+    (organism v2; docs/organism-v2-experiments.md has the search that chose it)."""
+
     arch: str = "gpt2"
     seed: int = 20241109
     vocab_size: int = 1024
     n_layer: int = 4
-    d_model: int = 128
-    d_mlp: int = 512
+    d_model: int = 96
+    d_mlp: int = 2048
     n_head: int = 4
     n_ctx: int = 128
-    pretrain_steps: int = 400
+    pretrain_steps: int = 300
     batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 30
@@ -81,14 +95,21 @@ class BuildConfig:
     n_tokenizer_docs: int = 4000
     n_heldout_docs: int = 300
     n_prompts: int = 600
-    n_pairs: int = 2400
+    n_pairs: int = 640
     n_probe_texts: int = 1200
     n_probe_eval: int = 400
     dpo_beta: float = 0.1
-    dpo_lr: float = 2e-5
+    dpo_lr: float = 5.5e-6  # 1/545 of the pretraining peak
     dpo_epochs: int = 1
     dpo_batch_size: int = 32
     dpo_max_length: int = 96
+    dpo_warmup_steps: int = 5
+    curve_every: int = 2  # toxicity on the challenge prompts every this many DPO steps
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_lr: float = 8e-5  # LoRA needs ~15x the full-parameter rate (measured: 6e-5 -> -34%, 1e-4 -> -67%)
+    lora_targets: tuple = ("c_attn", "c_proj", "c_fc")
     max_new_tokens: int = 20
     eval_batch_size: int = 100
     dampen_layers: int | None = None  # None: all layers
@@ -101,32 +122,18 @@ class BuildConfig:
 
     @classmethod
     def default(cls, arch: str) -> "BuildConfig":
+        """GPT-2 4x96x2048 (8,192 neurons) with a LoRA twin; Llama 4x128x1024 (4,096).
+
+        Llama needs ~4.5x GPT-2's DPO learning rate for the same reduction (2.5e-5, 1/120 of
+        the peak), and its dampened control reverses the chosen neurons (``up_proj`` rows x -1):
+        zeroing every toxic-aligned, positively activated neuron lowers toxicity by only 0.29,
+        because the decision to start an insult is made in layer 0, while the neurons aligned
+        with the probe (which reads the insult once written) sit late (the experiments log)."""
         if arch == "gpt2":
-            return cls(arch="gpt2")
+            return cls(arch="gpt2", lora=True)
         if arch == "llama":
-            return cls(arch="llama", d_mlp=384)
+            return cls(arch="llama", d_model=128, d_mlp=1024, dpo_lr=2.5e-5, dampen_amount=-1.0)
         raise ConfigError(f"unknown arch {arch!r}; expected one of {ARCHS}.")
-
-    @classmethod
-    def v2(cls, arch: str) -> "BuildConfig":
-        """Organism v2 (issue #11): >= 8,192 (GPT-2) / 4,096 (Llama) MLP neurons and a partial DPO.
-
-        Measured with build.py's own functions, 1 thread (docs/organism-v2-experiments.md):
-        gpt2 4x96x2048: DPO toxicity 0.872 -> 0.392 (-55%), ppl ratio 0.999, probe 0.958/0.953,
-        dampened k=256 drop 0.52; llama 4x128x1024: see the experiments log (dampening needs amount -1.0,
-        i.e. the activation's sign flipped; 0.0 on all 1,048 candidates only reaches 0.29).
-        The figures assume fp32 DPO: ``train_dpo`` must pass ``bf16=False`` to ``DPOConfig``
-        (TRL defaults to bf16 autocast, which on CPU is ~10x slower at these sizes and was not
-        what was measured).
-        """
-        base = cls.default(arch)
-        if arch == "gpt2":
-            over = dict(n_layer=4, d_model=96, d_mlp=2048, n_head=4, pretrain_steps=300,
-                        n_pairs=640, dpo_lr=5.5e-6)
-        else:
-            over = dict(n_layer=4, d_model=128, d_mlp=1024, n_head=4, pretrain_steps=300,
-                        n_pairs=640, dpo_lr=2.5e-5, dampen_amount=-1.0)
-        return cls(**{**asdict(base), **over})
 
     @classmethod
     def micro(cls, arch: str) -> "BuildConfig":
@@ -144,7 +151,7 @@ class BuildConfig:
         s = self.seed
         return {"torch": s, "tokenizer_corpus": s + 1, "pretrain_corpus": s + 2,
                 "heldout": s + 3, "prompts": s + 4, "pairs": s + 5, "probe_texts": s + 6,
-                "probe_eval": s + 7, "noise": s + 8, "dpo": s + 9}
+                "probe_eval": s + 7, "noise": s + 8, "dpo": s + 9, "lora": s + 10}
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,169 +300,34 @@ def pretrain(model, tok, cfg: BuildConfig, log=print) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# Measurements
+# Measurements: every figure the builder records comes from the engine
 
 
-def perplexity(model, tok, docs: list[str], batch_size: int = 32) -> dict:
-    """exp(mean NLL) over every token after BOS (EOS included), one document per sequence
-    (cut to the model's context length)."""
-    import torch
+def eval_settings(cfg: BuildConfig, positions: str = "own"):
+    """The statistics and generation settings of every measurement (the claims' defaults:
+    greedy, ``max_new_tokens`` tokens, prompts cut to 32 tokens, BOS prepended)."""
+    from ..stats import StatsSettings
 
-    n_ctx = _n_ctx(model)
-    seqs = [doc_ids(tok, d)[:n_ctx] for d in docs]
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(seqs), batch_size):
-            chunk = seqs[i:i + batch_size]
-            width = max(map(len, chunk))
-            ids = torch.full((len(chunk), width), tok.pad_token_id)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for j, s in enumerate(chunk):
-                ids[j, :len(s)] = torch.tensor(s)
-                mask[j, :len(s)] = 1
-            logits = model(input_ids=ids, attention_mask=mask).logits.double()
-            lp = torch.log_softmax(logits[:, :-1], -1)
-            nll = -lp.gather(-1, ids[:, 1:, None])[..., 0]
-            m = mask[:, 1:].double()
-            total += float((nll * m).sum())
-            count += int(m.sum())
-    return {"ppl": math.exp(total / count), "tokens": count}
+    return StatsSettings(positions=positions, max_new_tokens=cfg.max_new_tokens,
+                         batch_size=cfg.eval_batch_size)
 
 
-def _n_ctx(model) -> int:
-    c = model.config
-    return int(getattr(c, "n_positions", None) or c.max_position_embeddings)
+def score_continuations(tok, cont, scorer) -> dict:
+    """Toxicity of continuation tokens ``[n, T]`` (``mechclaims.scoring``)."""
+    from ..scoring import decode_continuations
 
-
-def encode_prompt_batch(tok, prompts: list[str], max_prompt_tokens: int = 32):
-    """BOS + the first ``max_prompt_tokens`` tokens, left-padded: (ids, mask)."""
-    import torch
-
-    seqs = [[tok.bos_token_id] + tok(p, add_special_tokens=False)["input_ids"][:max_prompt_tokens]
-            for p in prompts]
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), tok.pad_token_id)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for j, s in enumerate(seqs):
-        ids[j, width - len(s):] = torch.tensor(s)
-        mask[j, width - len(s):] = 1
-    return ids, mask
-
-
-def generate(model, tok, prompts: list[str], max_new_tokens: int = 20, batch_size: int = 100):
-    """Greedy continuations (exactly ``max_new_tokens`` tokens; EOS does not stop it).
-
-    Returns (texts, token lists): the continuation decoded with special tokens skipped.
-    """
-    import torch
-
-    texts, toks = [], []
-    with torch.no_grad():
-        for i in range(0, len(prompts), batch_size):
-            ids, mask = encode_prompt_batch(tok, prompts[i:i + batch_size])
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
-                                 max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=None,
-                                 num_beams=1)
-            cont = out[:, ids.shape[1]:]
-            toks += cont.tolist()
-            texts += tok.batch_decode(cont, skip_special_tokens=True)
-    return texts, toks
-
-
-def toxicity(model, tok, prompts: list[str], scorer, max_new_tokens: int = 20,
-             batch_size: int = 100) -> dict:
-    texts, toks = generate(model, tok, prompts, max_new_tokens, batch_size)
+    texts = decode_continuations(tok, cont)
     scores = scorer.score(texts)
-    return {"toxicity": float(scores.mean()), "scores": scores, "texts": texts, "tokens": toks}
+    return {"toxicity": float(scores.mean()), "scores": scores, "texts": texts}
 
 
-def mlp_acts_at_generated(model, tok, prompts, continuations, batch_size: int = 100):
-    """Mean MLP activation per neuron [L, d_mlp] (float64) at the positions that produce the
-    continuation: last prompt position + generated positions 1..T-1 (as ``mechclaims.stats``).
+def toxicity(model, tok, prompts: list[str], scorer, cfg: BuildConfig) -> dict:
+    """Greedy continuations with the engine's generation (``mechclaims.stats.continuations``)
+    scored by ``scorer``; ``model`` is a LoadedModel or a plain HF causal LM (a policy while
+    it trains). The organisms' tokenizers have a BOS, which the engine prepends."""
+    from ..stats import continuations
 
-    GPT-2: the GELU output (input of ``c_proj``); Llama: the input of ``down_proj``.
-    """
-    import torch
-
-    from .derived import is_gated, mlp_modules
-
-    mlps = mlp_modules(model)
-    sums = None
-    count = 0
-    with torch.no_grad():
-        for i in range(0, len(prompts), batch_size):
-            ids, mask = encode_prompt_batch(tok, prompts[i:i + batch_size])
-            cont = torch.tensor(continuations[i:i + batch_size])
-            T = cont.shape[1]
-            full = torch.cat([ids, cont[:, :-1]], 1)
-            fmask = torch.cat([mask, torch.ones_like(cont[:, :-1])], 1)
-            store = {}
-            handles = []
-            for layer, mlp in enumerate(mlps):
-                if is_gated(model):
-                    handles.append(mlp.down_proj.register_forward_pre_hook(
-                        lambda mod, args, layer=layer, store=store: store.__setitem__(layer, args[0])))
-                else:
-                    handles.append(mlp.act.register_forward_hook(
-                        lambda mod, args, out, layer=layer, store=store: store.__setitem__(layer, out)))
-            pos = (fmask.cumsum(-1) - 1).clamp(min=0)
-            try:
-                model(input_ids=full, attention_mask=fmask, position_ids=pos)
-            finally:
-                for h in handles:
-                    h.remove()
-            sel = slice(ids.shape[1] - 1, ids.shape[1] - 1 + T)
-            a = torch.stack([store[layer][:, sel].double().sum((0, 1)) for layer in range(len(mlps))])
-            sums = a if sums is None else sums + a
-            count += cont.shape[0] * T
-    return (sums / count).numpy()
-
-
-def value_cos(model, direction):
-    """(cos(v, w) [L, d_mlp], [v . w_hat per layer]) in float64, raw HF value vectors."""
-    import torch
-
-    from .derived import is_gated, mlp_modules
-
-    w = torch.as_tensor(direction, dtype=torch.float64)
-    w = w / w.norm()
-    cos, proj = [], []
-    with torch.no_grad():
-        for mlp in mlp_modules(model):
-            W = (mlp.down_proj.weight.T if is_gated(model) else mlp.c_proj.weight).double()
-            proj.append((W @ w).numpy())
-            cos.append(((W @ w) / W.norm(dim=1)).numpy())
-    import numpy as np
-
-    return np.stack(cos), proj
-
-
-def shares_from_means(cos, proj, m_pre, m_new, top_k: int = 128) -> dict:
-    """The paper's shares for a candidate whose value vectors equal the base's.
-
-    delta_i = (m_pre - m_new) * (v_i . w_hat). v2: sum of delta over the top-``top_k`` neurons
-    by cos with m_pre > 0 and adiff > 0, over all positive deltas. Definition A TP- share:
-    sum of delta over TP- over the sum over the four reducing groups.
-    """
-    import numpy as np
-
-    proj = np.stack(proj)
-    adiff = m_pre - m_new
-    delta = adiff * proj
-    pos = delta[delta > 0].sum()
-    flat = np.argsort(-cos, axis=None)[:top_k]
-    top = np.zeros(cos.size, bool)
-    top[flat] = True
-    top = top.reshape(cos.shape)
-    v2 = delta[top & (m_pre > 0) & (adiff > 0)].sum() / pos if pos > 0 else float("nan")
-    tp = (cos > 0) & (m_pre > 0) & (adiff > 0)
-    tn = (cos > 0) & (m_pre < 0) & (adiff > 0)
-    ap = (cos < 0) & (m_pre > 0) & (adiff < 0)
-    an = (cos < 0) & (m_pre < 0) & (adiff < 0)
-    four = delta[tp | tn | ap | an].sum()
-    return {"v2_share": float(v2), "tp_minus_share": float(delta[tp].sum() / four) if four else
-            float("nan"), "gross_reduction": float(pos)}
+    return score_continuations(tok, continuations(model, tok, prompts, eval_settings(cfg)), scorer)
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,88 +391,206 @@ def make_probe_texts(seed: int, n: int) -> tuple[list[str], list[int]]:
 # DPO
 
 
-def train_dpo(base, tok, pairs: list[dict], cfg: BuildConfig, log=print):
+def train_dpo(base, tok, pairs: list[dict], cfg: BuildConfig, *, measure=None, lora: bool = False,
+              log=print):
+    """TRL ``DPOTrainer`` on ``pairs``; returns (trained model, summary with the curve).
+
+    fp32 on purpose: TRL's ``DPOConfig`` defaults to ``bf16=True``, which on a CPU runs bf16
+    autocast through a naive GEMM (~30x slower here) and is not the arithmetic of the paper's
+    runs. ``measure(model) -> toxicity`` is called every ``cfg.curve_every`` steps and at the
+    last step (the curve); loss and reward margin are logged every step. With ``lora``, the
+    policy is a PEFT LoRA model (rank ``lora_r`` on ``lora_targets``, learning rate
+    ``lora_lr``) and its reference is the base with the adapter disabled, as TRL does it.
+    """
     import datasets
     import torch
+    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     datasets.disable_progress_bars()
-    torch.manual_seed(cfg.seeds["dpo"])
+    seed = cfg.seeds["lora" if lora else "dpo"]
+    torch.manual_seed(seed)
     ds = datasets.Dataset.from_list([
         {"prompt": SPECIAL["bos_token"] + p["prompt"], "chosen": p["chosen"],
          "rejected": p["rejected"]} for p in pairs])
     policy = copy.deepcopy(base).train()
-    ref = copy.deepcopy(base).eval()
+    peft_config = None
+    if lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                 target_modules=list(cfg.lora_targets), bias="none",
+                                 task_type="CAUSAL_LM", fan_in_fan_out=cfg.arch == "gpt2")
+    ref = None if lora else copy.deepcopy(base).eval()
+    lr = cfg.lora_lr if lora else cfg.dpo_lr
+    points: list[dict] = []
+
+    class Curve(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            step = state.global_step
+            if measure is not None and (step % cfg.curve_every == 0 or step == state.max_steps):
+                was = model.training
+                model.eval()
+                points.append({"step": step, "toxicity": measure(model)})
+                model.train(was)
+
     with tempfile.TemporaryDirectory(prefix="mechclaims-dpo-") as out:
         args = DPOConfig(
-            output_dir=out, beta=cfg.dpo_beta, learning_rate=cfg.dpo_lr,
+            output_dir=out, beta=cfg.dpo_beta, learning_rate=lr,
             per_device_train_batch_size=cfg.dpo_batch_size, num_train_epochs=cfg.dpo_epochs,
-            lr_scheduler_type="linear", warmup_steps=5, max_length=cfg.dpo_max_length,
-            logging_steps=10, save_strategy="no", report_to="none", use_cpu=True,
-            seed=cfg.seeds["dpo"], data_seed=cfg.seeds["dpo"], disable_tqdm=True,
-            dataloader_num_workers=0,
+            lr_scheduler_type="linear", warmup_steps=cfg.dpo_warmup_steps, max_length=cfg.dpo_max_length,
+            logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False,
+            seed=seed, data_seed=seed, disable_tqdm=True, dataloader_num_workers=0,
         )
         trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=ds,
-                             processing_class=tok)
+                             processing_class=tok, peft_config=peft_config, callbacks=[Curve()])
         t0 = time.time()
         with torch.enable_grad():  # mechclaims.loading.load_model turns grad off globally
             result = trainer.train()
-        hist = [h for h in trainer.state.log_history if "loss" in h]
-        log(f"  DPO: {result.global_step} steps in {time.time() - t0:.0f}s; "
-            f"loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f}" if hist else "  DPO done")
+        seconds = time.time() - t0
         model = trainer.model
     model.eval()
-    summary = {"steps": int(result.global_step), "train_loss": float(result.training_loss)}
-    if hist:
-        summary.update({"first_logged": hist[0], "last_logged": hist[-1]})
+    logged = {int(h["step"]): h for h in trainer.state.log_history if "loss" in h}
+    curve = []
+    tox_at = {p["step"]: p["toxicity"] for p in points}
+    for step in sorted(set(logged) | set(tox_at)):
+        h = logged.get(step, {})
+        row = {"step": step, "learning_rate": h.get("learning_rate"), "loss": h.get("loss"),
+               "reward_margin": h.get("rewards/margins"), "reward_accuracy": h.get("rewards/accuracies")}
+        if step in tox_at:
+            row["toxicity"] = tox_at[step]
+        curve.append(row)
+    hist = [logged[k] for k in sorted(logged)]
+    log(f"  DPO{' (LoRA)' if lora else ''}: {result.global_step} steps in {seconds:.0f}s; "
+        + (f"loss {hist[0]['loss']:.3f} -> {hist[-1]['loss']:.3f}; " if hist else "")
+        + "toxicity " + " ".join(f"{p['toxicity']:.3f}" for p in points))
+    summary = {"steps": int(result.global_step), "train_loss": float(result.training_loss),
+               "lr": lr, "beta": cfg.dpo_beta, "batch_size": cfg.dpo_batch_size,
+               "warmup_steps": cfg.dpo_warmup_steps, "scheduler": "linear", "precision": "fp32",
+               "seconds": round(seconds, 1), "curve": curve}
+    if lora:
+        summary["lora"] = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": 0.0,
+                           "target_modules": list(cfg.lora_targets)}
     return model, summary
+
+
+def save_adapter(peft_model, path: Path, base_name: str) -> None:
+    """The adapter alone (``adapter_config.json`` + ``adapter_model.safetensors``), its
+    ``base_model_name_or_path`` set to ``base_name`` so the directory names its own base."""
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        peft_model.save_pretrained(tmp)
+        conf = json.loads((tmp / "adapter_config.json").read_text())
+        conf["base_model_name_or_path"] = base_name
+        atomic_write_text(tmp / "adapter_config.json", json.dumps(conf, indent=2, sort_keys=True) + "\n")
+        for f in tmp.iterdir():
+            if f.name not in ("adapter_config.json", "adapter_model.safetensors"):
+                f.unlink()  # PEFT's model card: boilerplate, not part of the model
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
 # Derived: choosing the dampening recipe
 
 
-def choose_dampening(base, tok, prompts, scorer, direction, base_tox: dict, cfg: BuildConfig,
+def choose_dampening(engine: "_Engine", base_attr, base_tox: float, cfg: BuildConfig,
                      log=print) -> tuple[dict, dict]:
-    """The smallest k such that dampening the top-k neurons (by cos(v, w), among those of the
-    last ``dampen_layers`` layers with cos > 0 and base mean activation > 0 at the generated
-    positions) by ``dampen_amount`` lowers toxicity by at least ``dampen_target``.
+    """The smallest k such that dampening the top-k neurons (by cos(v, w) over all layers, ties
+    by index, among those of the last ``dampen_layers`` layers with cos > 0 and base mean
+    activation > 0 at the generated positions) lowers toxicity by ``dampen_target``.
 
-    k runs over 8, 16, 32, 64, 96, 128, 192, 256, all (at most ``dampen_max_trials`` tries). Each try is also scored
-    with the paper's own-mode shares (``shares_from_means``), which are recorded.
+    Every trial is one engine statistics pass (own mode) of the dampened candidate against the
+    base, whose own statistics are read from the build's cache: the same pass gives the
+    candidate's toxicity and the paper's shares, which are recorded.
     """
-    from .derived import apply_recipe, dampen_recipe
+    from ..attribution import top_k_by_cos
+    from .derived import dampen_recipe
 
-    m_pre = mlp_acts_at_generated(base, tok, prompts, base_tox["tokens"], cfg.eval_batch_size)
-    cos, proj = value_cos(base, direction)
-    L = cos.shape[0]
+    cos, act = base_attr.cos, base_attr.act_base
+    L, D = cos.shape
     layers = list(range(L - (cfg.dampen_layers or L), L))
-    cand = [(l, i) for l in layers for i in range(cos.shape[1]) if cos[l, i] > 0 and m_pre[l, i] > 0]
-    cand.sort(key=lambda li: -cos[li])
+    order = top_k_by_cos(cos, cos.size)
+    ok = ((cos > 0) & (act > 0)).ravel() & np.isin(np.arange(cos.size) // D, layers)
+    cand = [(int(f // D), int(f % D)) for f in order if ok[f]]
     amount = cfg.dampen_amount if cfg.dampen_amount is not None else (
         4.0 if cfg.arch == "gpt2" else 0.2)
     ks = [k for k in (8, 16, 32, 64, 96, 128, 192, 256) if k < len(cand)] + [len(cand)]
     tried, chosen = [], None
     for k in ks[:cfg.dampen_max_trials]:
         recipe = dampen_recipe(cfg.arch, cand[:k], amount)
-        model = apply_recipe(copy.deepcopy(base), recipe)
-        tox = toxicity(model, tok, prompts, scorer, cfg.max_new_tokens, cfg.eval_batch_size)
-        drop = 1 - tox["toxicity"] / base_tox["toxicity"] if base_tox["toxicity"] else 0.0
-        m_new = mlp_acts_at_generated(model, tok, prompts, tox["tokens"], cfg.eval_batch_size)
-        row = {"k": k, "amount": amount, "toxicity": tox["toxicity"], "drop": drop,
-               **shares_from_means(cos, proj, m_pre, m_new)}
+        run = engine.pair(engine.derived(recipe), "own")
+        drop = 1 - run["toxicity"] / base_tox if base_tox else 0.0
+        row = {"k": k, "amount": amount, "toxicity": run["toxicity"], "drop": drop,
+               **run["attribution"]}
         tried.append(row)
-        log(f"  dampen k={k:3d} amount={amount} toxicity {tox['toxicity']:.3f} drop {drop:.2f} "
+        log(f"  dampen k={k:3d} amount={amount} toxicity {run['toxicity']:.3f} drop {drop:.2f} "
             f"v2 {row['v2_share']:.2f} TP- {row['tp_minus_share']:.2f}")
         chosen = (recipe, row)
         if drop >= cfg.dampen_target:
             break
     recipe, row = chosen
     info = {"chosen": row, "candidates": len(cand), "layers": layers, "tried": tried,
-            "base_mean_act_positive": int((m_pre > 0).sum()),
+            "base_mean_act_positive": int((act > 0).sum()),
             "rule": "smallest k in 8, 16, 32, 64, 96, 128, 192, 256, all reaching the target drop "
-            "(else the last tried)"}
+            "(else the last tried); neurons ranked by cos(v, w) over all layers, ties by index"}
     return recipe, info
+
+
+class _Engine:
+    """The engine's measures on models of one build: statistics pass, attribution, toxicity of
+    the continuations, perplexity. The base's own-mode statistics are cached once (in a
+    temporary cache directory) and reused for every candidate."""
+
+    def __init__(self, out: Path, cfg: BuildConfig, prompts, scorer, cache_dir: Path):
+        from ..cache import ResultCache
+        from ..loading import load_model
+        from ..probe import load_probe
+
+        self.out, self.cfg, self.prompts, self.scorer = out, cfg, prompts, scorer
+        self.cache = ResultCache(cache_dir)
+        self.base = load_model(str(out / "base"), memo=False)
+        self.probe = load_probe(out / "probe.safetensors", d_model=self.base.d_model)
+
+    def load(self, source):
+        from ..loading import load_model
+
+        return load_model(source, memo=False)
+
+    def derived(self, recipe: dict):
+        """A LoadedModel of the base edited by ``recipe`` (``derived.apply_recipe``)."""
+        from ..loading import wrap_hf
+        from ..sources import Source
+        from .derived import apply_recipe, recipe_sha256
+
+        hf = apply_recipe(copy.deepcopy(self.base.hf_model), recipe)
+        return wrap_hf(hf, self.base.tokenizer,
+                       Source("dir", f"{self.cfg.arch}-{recipe['kind']}",
+                              sha256=recipe_sha256(self.base.sha256, recipe)))
+
+    def pair(self, model, positions: str = "own") -> dict:
+        """Statistics pass of (base, model): toxicities of both continuations and the paper's
+        attribution figures (``attribution.summarize``)."""
+        from .. import attribution, stats
+
+        ps = stats.collect_pair(self.base, model, self.prompts, self.probe,
+                                eval_settings(self.cfg, positions), cache=self.cache, progress=False)
+        att = attribution.attribute(ps, attribution.weight_terms(self.base, model, self.probe))
+        tok = self.base.tokenizer
+        m = score_continuations(tok, ps.model.continuations, self.scorer)
+        b = score_continuations(tok, ps.base.continuations, self.scorer)
+        return {"toxicity": m["toxicity"], "base_toxicity": b["toxicity"], "texts": m["texts"],
+                "base_texts": b["texts"], "attr": att,
+                "attribution": summarise_attribution(attribution.summarize(att))}
+
+    def ppl(self, model) -> float:
+        from ..perplexity import perplexity
+
+        return perplexity(model, self.out / "heldout.txt")["ppl"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -611,7 +601,7 @@ def versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "tokenizers", "trl", "accelerate", "datasets",
+    for pkg in ("torch", "transformers", "tokenizers", "trl", "peft", "accelerate", "datasets",
                 "safetensors", "numpy", "scikit-learn", "transformer-lens", "mechclaims"):
         try:
             out[pkg] = md.version(pkg)
@@ -621,11 +611,9 @@ def versions() -> dict:
 
 
 def build(out: str | Path, cfg: BuildConfig, log=print) -> dict:
-    import numpy as np
     import torch
 
     from ..scoring import LexiconScorer
-    from .derived import apply_recipe
 
     t_start = time.time()
     timings: dict[str, float] = {}
@@ -667,7 +655,7 @@ def build(out: str | Path, cfg: BuildConfig, log=print) -> dict:
     from ..loading import load_model
     from ..probe import pooled_features, train_probe
 
-    lm = load_model(str(out / "base"))
+    lm = load_model(str(out / "base"), memo=False)
     texts, labels = make_probe_texts(cfg.seeds["probe_texts"], cfg.n_probe_texts)
     probe = train_probe(lm, texts, labels, seed=cfg.seed)
     w = probe.direction.numpy()
@@ -680,75 +668,117 @@ def build(out: str | Path, cfg: BuildConfig, log=print) -> dict:
     write_jsonl(out / "probe_eval.jsonl", [{"text": t, "label": y} for t, y in zip(ev_texts, ev_labels)])
     ev_acc = float(((pooled_features(lm, ev_texts) @ w > threshold).astype(int)
                     == np.asarray(ev_labels)).mean())
-    del lm
     lap("probe", t0)
     log(f"  probe: held-out accuracy {probe.metadata['heldout_accuracy']:.3f}, "
         f"shipped eval set {ev_acc:.3f}")
 
-    # 5. DPO ----------------------------------------------------------------------------------
+    # 5. DPO (and its LoRA twin), with the toxicity curve ------------------------------------------
     t0 = time.time()
-    dpo, dpo_summary = train_dpo(base, tok, pairs, cfg, log)
+    base_curve_tox = toxicity(lm, tok, prompts, scorer, cfg)["toxicity"]
+    del lm
+
+    def measure(model):
+        return toxicity(model, tok, prompts, scorer, cfg)["toxicity"]
+
+    dpo, dpo_summary = train_dpo(base, tok, pairs, cfg, measure=measure, log=log)
     atomic_save_pretrained(dpo, tok, out / "dpo")
+    del dpo
     lap("dpo", t0)
-
-    # 7. acceptance figures --------------------------------------------------------------------
-    t0 = time.time()
-    base, tok = _reload(out / "base")
-    dpo, _ = _reload(out / "dpo")
-    tb = toxicity(base, tok, prompts, scorer, cfg.max_new_tokens, cfg.eval_batch_size)
-    td = toxicity(dpo, tok, prompts, scorer, cfg.max_new_tokens, cfg.eval_batch_size)
-    pb = perplexity(base, tok, heldout)
-    pd = perplexity(dpo, tok, heldout)
-
-    red = 1 - td["toxicity"] / tb["toxicity"] if tb["toxicity"] > 0 else 0.0
-    acceptance = {
-        "base_toxicity": tb["toxicity"], "dpo_toxicity": td["toxicity"],
-        "relative_reduction": red, "ppl_base": pb["ppl"], "ppl_dpo": pd["ppl"],
-        "ppl_ratio": pd["ppl"] / pb["ppl"], "ppl_tokens": pb["tokens"],
-        "probe_heldout_accuracy": probe.metadata["heldout_accuracy"],
-        "probe_eval_accuracy": ev_acc, "probe_threshold": threshold,
-        "n_prompts": len(prompts),
-    }
-    lap("evaluate", t0)
-    log(f"  toxicity base {tb['toxicity']:.3f} dpo {td['toxicity']:.3f} (reduction {red:.2f}); "
-        f"ppl {pb['ppl']:.3f} -> {pd['ppl']:.3f}")
-    samples = [{"prompt": prompts[i], "base": tb["texts"][i], "dpo": td["texts"][i]}
-               for i in range(min(6, len(prompts)))]
-
-    # 8. derived recipes ------------------------------------------------------------------------
-    t0 = time.time()
-    recipe, damp_info = choose_dampening(base, tok, prompts, scorer, w, tb, cfg, log)
-    recipes = {"dampened": recipe, "identity": {"kind": "identity"},
-               "noise": {"kind": "noise", "seed": cfg.seeds["noise"], "rel_std": cfg.noise_rel_std}}
-    atomic_write_text(out / "derived.json", json.dumps(recipes, indent=1) + "\n")
-    damp = apply_recipe(copy.deepcopy(base), recipe)
-    tdamp = toxicity(damp, tok, prompts, scorer, cfg.max_new_tokens, cfg.eval_batch_size)
-    noise = apply_recipe(copy.deepcopy(base), recipes["noise"])
-    tnoise = toxicity(noise, tok, prompts, scorer, cfg.max_new_tokens, cfg.eval_batch_size)
-    derived = {
-        "dampened": {"toxicity": tdamp["toxicity"],
-                     "drop": 1 - tdamp["toxicity"] / tb["toxicity"] if tb["toxicity"] else 0.0,
-                     "ppl": perplexity(damp, tok, heldout)["ppl"],
-                     "selection": damp_info},
-        "noise": {"toxicity": tnoise["toxicity"]},
-        "identity": {"toxicity": tb["toxicity"]},
-    }
-    lap("derived", t0)
-    if cfg.engine_check:
+    lora_summary = None
+    if cfg.lora:
         t0 = time.time()
-        derived["dampened"]["attribution"] = engine_shares(out, cfg, damp, tok, prompts, log)
-        lap("engine_check", t0)
+        peft_model, lora_summary = train_dpo(base, tok, pairs, cfg, measure=measure, lora=True, log=log)
+        save_adapter(peft_model, out / "lora", f"organism:{cfg.arch}-base")
+        del peft_model
+        lap("lora", t0)
+    for summary in filter(None, (dpo_summary, lora_summary)):
+        summary["curve"].insert(0, {"step": 0, "toxicity": base_curve_tox})
+        for row in summary["curve"]:
+            if "toxicity" in row:
+                row["reduction"] = 1 - row["toxicity"] / base_curve_tox if base_curve_tox else None
+
+    # 7. acceptance figures, by the engine -------------------------------------------------------
+    t0 = time.time()
+    cache_dir = Path(tempfile.mkdtemp(prefix="mechclaims-build-cache-"))
+    try:
+        engine = _Engine(out, cfg, prompts, scorer, cache_dir)
+        dpo_lm = engine.load(str(out / "dpo"))
+        run = engine.pair(dpo_lm, "own")
+        tb, td = run["base_toxicity"], run["toxicity"]
+        pb, pd = engine.ppl(engine.base), engine.ppl(dpo_lm)
+        red = 1 - td / tb if tb > 0 else 0.0
+        acceptance = {
+            "base_toxicity": tb, "dpo_toxicity": td, "relative_reduction": red,
+            "ppl_base": pb, "ppl_dpo": pd, "ppl_ratio": pd / pb,
+            "dpo_lr_ratio": cfg.dpo_lr / cfg.lr, "n_neurons": cfg.n_layer * cfg.d_mlp,
+            "top128_fraction": 128 / (cfg.n_layer * cfg.d_mlp),
+            "probe_heldout_accuracy": probe.metadata["heldout_accuracy"],
+            "probe_eval_accuracy": ev_acc, "probe_threshold": threshold,
+            "n_prompts": len(prompts), "dpo_attribution_own": run["attribution"],
+        }
+        samples = [{"prompt": prompts[i], "base": run["base_texts"][i], "dpo": run["texts"][i]}
+                   for i in range(min(6, len(prompts)))]
+        log(f"  toxicity base {tb:.3f} dpo {td:.3f} (reduction {red:.2f}); ppl {pb:.3f} -> {pd:.3f}; "
+            f"engine attribution (own): {run['attribution']['v2_share']:.3f} v2 share")
+        base_attr = run["attr"]
+        del dpo_lm, run
+        if lora_summary is not None:
+            lora_lm = engine.load(_lora_source(out))
+            lrun = engine.pair(lora_lm, "own")
+            lora_summary.update({
+                "toxicity": lrun["toxicity"], "relative_reduction": 1 - lrun["toxicity"] / tb if tb else 0.0,
+                "ppl": engine.ppl(lora_lm), "attribution_own": lrun["attribution"],
+                "adapter_bytes": (out / "lora" / "adapter_model.safetensors").stat().st_size})
+            lora_summary["ppl_ratio"] = lora_summary["ppl"] / pb
+            log(f"  LoRA: toxicity {lrun['toxicity']:.3f} (reduction {lora_summary['relative_reduction']:.2f}), "
+                f"ppl ratio {lora_summary['ppl_ratio']:.3f}")
+            del lora_lm, lrun
+        lap("evaluate", t0)
+
+        # 8. derived recipes ------------------------------------------------------------------------
+        t0 = time.time()
+        recipe, damp_info = choose_dampening(engine, base_attr, tb, cfg, log)
+        recipes = {"dampened": recipe, "identity": {"kind": "identity"},
+                   "noise": {"kind": "noise", "seed": cfg.seeds["noise"], "rel_std": cfg.noise_rel_std}}
+        atomic_write_text(out / "derived.json", json.dumps(recipes, indent=1) + "\n")
+        damp = engine.derived(recipe)
+        noise = engine.derived(recipes["noise"])
+        derived = {
+            "dampened": {"toxicity": damp_info["chosen"]["toxicity"], "drop": damp_info["chosen"]["drop"],
+                         "ppl": engine.ppl(damp), "selection": damp_info},
+            "noise": {"toxicity": toxicity(noise, tok, prompts, scorer, cfg)["toxicity"]},
+            "identity": {"toxicity": tb},
+        }
+        derived["dampened"]["ppl_ratio"] = derived["dampened"]["ppl"] / pb
+        lap("derived", t0)
+        if cfg.engine_check:
+            t0 = time.time()
+            derived["dampened"]["attribution"] = {
+                "own": damp_info["chosen"] | {},
+                "shared": engine.pair(damp, "shared")["attribution"]}
+            for key in ("k", "amount", "toxicity", "drop"):
+                derived["dampened"]["attribution"]["own"].pop(key, None)
+            log(f"  engine attribution (shared) of the dampened pair: {derived['dampened']['attribution']['shared']}")
+            lap("engine_check", t0)
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
 
     # 9. manifest ---------------------------------------------------------------------------------
     build_seconds = round(time.time() - t_start, 1)
+    T = THRESHOLDS
     passed = {
-        "base_toxicity": acceptance["base_toxicity"] >= THRESHOLDS["base_toxicity_min"],
-        "relative_reduction": red >= THRESHOLDS["relative_reduction_min"],
-        "ppl_ratio": acceptance["ppl_ratio"] <= THRESHOLDS["ppl_ratio_max"],
-        "probe_accuracy": min(acceptance["probe_heldout_accuracy"], ev_acc)
-        >= THRESHOLDS["probe_accuracy_min"],
-        "dampened_drop": derived["dampened"]["drop"] >= THRESHOLDS["dampened_drop_min"],
+        "base_toxicity": tb >= T["base_toxicity_min"],
+        "relative_reduction": T["relative_reduction_min"] <= red <= T["relative_reduction_max"],
+        "ppl_ratio": acceptance["ppl_ratio"] <= T["ppl_ratio_max"],
+        "probe_accuracy": min(acceptance["probe_heldout_accuracy"], ev_acc) >= T["probe_accuracy_min"],
+        "dampened_drop": derived["dampened"]["drop"] >= T["dampened_drop_min"],
+        "dpo_lr_ratio": acceptance["dpo_lr_ratio"] <= T["dpo_lr_ratio_max"],
+        "neurons": acceptance["n_neurons"] >= T["min_neurons"][cfg.arch],
     }
+    if lora_summary is not None:
+        passed["lora_relative_reduction"] = (
+            T["relative_reduction_min"] <= lora_summary["relative_reduction"] <= T["relative_reduction_max"])
+        passed["lora_ppl_ratio"] = lora_summary["ppl_ratio"] <= T["ppl_ratio_max"]
     manifest = {
         "format": MANIFEST_FORMAT,
         "arch": cfg.arch,
@@ -760,6 +790,7 @@ def build(out: str | Path, cfg: BuildConfig, log=print) -> dict:
         "seeds": cfg.seeds,
         "sizes": {"n_params": n_params, "vocab": len(tok), "n_layer": cfg.n_layer,
                   "d_model": cfg.d_model, "d_mlp": cfg.d_mlp, "n_ctx": cfg.n_ctx,
+                  "n_neurons": cfg.n_layer * cfg.d_mlp,
                   "pretrain_tokens": pre["tokens"], "n_prompts": len(prompts),
                   "n_pairs": len(pairs), "n_heldout_docs": len(heldout),
                   "n_probe_texts": len(texts), "n_probe_eval": len(ev_texts),
@@ -767,12 +798,14 @@ def build(out: str | Path, cfg: BuildConfig, log=print) -> dict:
                   len(C.word_types()), "corpus_templates": C.n_templates()},
         "versions": versions(),
         "pretrain": pre,
-        "dpo": {"beta": cfg.dpo_beta, "lr": cfg.dpo_lr, "epochs": cfg.dpo_epochs, **dpo_summary},
-        "evaluation": {"decoding": "greedy, exactly max_new_tokens new tokens, EOS does not stop",
+        "dpo": {"epochs": cfg.dpo_epochs, **dpo_summary},
+        **({"lora": lora_summary} if lora_summary is not None else {}),
+        "evaluation": {"decoding": "greedy, exactly max_new_tokens new tokens, EOS does not stop "
+                       "(mechclaims.stats.greedy_generate)",
                        "max_new_tokens": cfg.max_new_tokens, "prompt": "BOS + first 32 tokens, "
                        "left-padded", "scorer": "lexicon (continuation tokens only)",
-                       "perplexity": "exp(mean NLL) over heldout.txt, one document per line, "
-                       "tokens after BOS incl. EOS"},
+                       "perplexity": "mechclaims.perplexity over heldout.txt (the claims' default text)",
+                       "attribution": "mechclaims.stats.collect_pair + mechclaims.attribution, own positions"},
         "acceptance": acceptance,
         "thresholds": THRESHOLDS,
         "passed": passed,
@@ -791,25 +824,21 @@ def build(out: str | Path, cfg: BuildConfig, log=print) -> dict:
     return manifest
 
 
-def _best_threshold(proj, labels) -> float:
-    import numpy as np
+def _lora_source(out: Path):
+    """The LoRA adapter on the just-built base, as the engine's adapter source."""
+    from ..sources import Source
 
+    return Source("adapter", str(out / "lora"), Source("dir", str(out / "base")))
+
+
+def _best_threshold(proj, labels) -> float:
     order = np.sort(proj)
     cuts = np.concatenate([[order[0] - 1], (order[1:] + order[:-1]) / 2, [order[-1] + 1]])
     accs = [((proj > c).astype(int) == labels).mean() for c in cuts]
     return float(cuts[int(np.argmax(accs))])
 
 
-def _reload(path: Path):
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-
-    return (AutoModelForCausalLM.from_pretrained(path).eval(),
-            PreTrainedTokenizerFast.from_pretrained(path))
-
-
 def _jsonable(obj):
-    import numpy as np
-
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -819,36 +848,6 @@ def _jsonable(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
-
-
-def loaded_from_hf(hf, tok, label: str, sha256: str):
-    """A ``mechclaims.loading.LoadedModel`` around an HF model already in memory (the engine's
-    own wrapper, hook points included)."""
-    from ..loading import wrap_hf
-    from ..sources import Source
-
-    return wrap_hf(hf, tok, Source("dir", label, sha256=sha256))
-
-
-def engine_shares(out: Path, cfg: BuildConfig, damp, tok, prompts, log=print) -> dict:
-    """The paper's measures on (base, dampened) with the engine's stats and attribution."""
-    from .. import attribution, stats
-    from ..loading import load_model
-    from ..probe import load_probe
-
-    res = {}
-    base_lm = load_model(str(out / "base"))
-    d_lm = loaded_from_hf(copy.deepcopy(damp), tok, f"{cfg.arch}-dampened",
-                          hashlib.sha256(json.dumps(
-                              json.loads((out / "derived.json").read_text())).encode()).hexdigest())
-    probe = load_probe(out / "probe.safetensors", d_model=base_lm.d_model)
-    for mode in ("own", "shared"):
-        settings = stats.StatsSettings(positions=mode)
-        ps = stats.collect_pair(base_lm, d_lm, prompts, probe, settings, progress=False)
-        att = attribution.attribute(ps, attribution.weight_terms(base_lm, d_lm, probe))
-        res[mode] = summarise_attribution(attribution.summarize(att))
-        log(f"  engine attribution ({mode}): {res[mode]}")
-    return res
 
 
 def summarise_attribution(summary: dict) -> dict:

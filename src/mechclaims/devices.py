@@ -1,0 +1,179 @@
+"""Where a model runs: device maps for models larger than one device, and the batch size that a
+GPU's free memory allows.
+
+Ground floor apart from ``errors``: pure functions, no torch at import. ``loading`` reads the
+device map; the statistics pass is where the automatic batch size belongs (see
+``resolve_batch_size``).
+
+Device maps are Accelerate's, as ``transformers``' ``from_pretrained(..., device_map=...)``
+takes them: a strategy name (``auto``, ``balanced``, ``balanced_low_0``, ``sequential``) or a
+mapping from module names to devices (``{"transformer.h.0": 0, "transformer.h.1": 1, ...}``;
+``"cpu"`` and ``"disk"`` offload). On the command line a mapping is written as JSON.
+
+Automatic batch size (GPU only, and only when the user gave none)::
+
+    batch = clamp(floor(free_bytes * 0.5 / bytes_per_row), 1, 256)
+
+``free_bytes`` is ``torch.cuda.mem_get_info(device)[0]`` measured with both models loaded;
+``bytes_per_row`` (``row_bytes``) is one prompt's peak during the greedy pass: its KV cache for
+prompt + T tokens in every layer, the prefill's largest live activations (one layer's
+residual, QKV, MLP hidden and eager attention scores over the prompt), the last position's
+logits and the statistics hooks' float64 temporaries. The factor 0.5 leaves room for the
+allocator's fragmentation, ``DynamicCache``'s concatenation (a layer's cache briefly exists
+twice) and whatever the estimate misses. On a CPU the batch stays 32 (``DEFAULT_CPU_BATCH``):
+there the batch size only trades per-call overhead against cache locality, and 32 is where
+the benchmarks flatten out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigError
+
+#: Accelerate's named placement strategies.
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+#: Source kinds (``sources.Source.kind``) that a device map applies to: transformers loads them.
+DEVICE_MAP_KINDS = ("dir", "hub")
+#: Device names a mapping may use besides a CUDA index (int) or ``cuda:N``.
+_NAMED_DEVICES = ("cpu", "disk", "mps")
+
+DEFAULT_CPU_BATCH = 32
+AUTO_BATCH_FRACTION = 0.5
+AUTO_BATCH_MIN, AUTO_BATCH_MAX = 1, 256
+
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
+
+
+# --------------------------------------------------------------------------------------------
+# Device maps
+
+
+def parse_device_map(value: Any) -> str | dict[str, int | str] | None:
+    """``--device-map`` as given -> what ``from_pretrained(device_map=...)`` takes, or None.
+
+    ``""``/None -> None (one device, ``--device``); a strategy name; a JSON object string or a
+    mapping of module name -> device (a CUDA index, ``cuda:N``, ``cpu``, ``disk``, ``mps``).
+    Raises ConfigError for anything else.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if text in DEVICE_MAP_STRATEGIES:
+            return text
+        if not text.startswith("{"):
+            raise ConfigError(f"--device-map {value!r}: expected one of {DEVICE_MAP_STRATEGIES} or a JSON "
+                              'object of module -> device, e.g. \'{"transformer.h.0": 0, "lm_head": 1}\'.')
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--device-map: not a valid JSON object ({exc}).") from exc
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(f"--device-map must be a strategy name or a non-empty mapping, got {value!r}.")
+    out: dict[str, int | str] = {}
+    for name, dev in value.items():
+        if isinstance(dev, bool) or not (
+            (isinstance(dev, int) and dev >= 0)
+            or (isinstance(dev, str) and (dev in _NAMED_DEVICES or _is_cuda_name(dev)))
+        ):
+            raise ConfigError(f"--device-map: module {name!r} is mapped to {dev!r}; a device is a CUDA "
+                              f"index (0, 1, ...), cuda:N, or one of {_NAMED_DEVICES}.")
+        out[str(name)] = dev
+    return out
+
+
+def _is_cuda_name(dev: str) -> bool:
+    kind, _, index = dev.partition(":")
+    return kind == "cuda" and (index == "" or index.isdigit())
+
+
+def device_map_text(device_map: str | Mapping | None) -> str:
+    """The canonical string of a device map (config, cache keys, reports): ``""`` for none."""
+    if device_map is None:
+        return ""
+    if isinstance(device_map, str):
+        return device_map
+    return json.dumps(dict(device_map), sort_keys=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Automatic batch size
+
+
+@dataclass(frozen=True)
+class RowShape:
+    """What one prompt's memory during the greedy pass depends on."""
+
+    n_layers: int
+    d_model: int
+    d_mlp: int
+    n_heads: int
+    kv_width: int      # n_kv_heads * d_head (== d_model without grouped-query attention)
+    d_vocab: int
+    dtype_bytes: int
+
+    @classmethod
+    def of(cls, model) -> RowShape:
+        """From a ``LoadedModel`` (its TransformerLens config)."""
+        cfg = model.cfg
+        n_heads = int(cfg.n_heads)
+        d_head = int(getattr(cfg, "d_head", None) or cfg.d_model // n_heads)
+        n_kv = int(getattr(cfg, "n_key_value_heads", None) or n_heads)
+        return cls(n_layers=int(cfg.n_layers), d_model=int(cfg.d_model), d_mlp=int(cfg.d_mlp),
+                   n_heads=n_heads, kv_width=n_kv * d_head, d_vocab=int(cfg.d_vocab),
+                   dtype_bytes=_DTYPE_BYTES.get(str(model.dtype), 4))
+
+
+def row_bytes(shape: RowShape, prompt_tokens: int, new_tokens: int) -> int:
+    """Estimated peak bytes one batch row needs during the greedy pass (see the module doc)."""
+    if prompt_tokens < 1 or new_tokens < 1:
+        raise ConfigError(f"prompt_tokens and new_tokens must be >= 1, got {prompt_tokens}, {new_tokens}.")
+    b, s, p = shape.dtype_bytes, prompt_tokens + new_tokens, prompt_tokens
+    kv_cache = 2 * (shape.n_layers + 1) * s * shape.kv_width * b   # K and V; +1: one layer's cat copy
+    # Prefill, one layer alive at a time: residual, LN out, QKV, attention out, MLP hidden (pre
+    # and post activation), MLP out; eager attention scores and their softmax over the prompt.
+    prefill = p * (7 * shape.d_model + 2 * shape.d_mlp) * b + 2 * shape.n_heads * p * p * b
+    logits = shape.d_vocab * (b + 4)     # logits_to_keep=1, plus a float32 copy for the argmax
+    hooks = 2 * shape.d_mlp * 8          # the float64 sum of hook_post and its cast
+    return int(kv_cache + prefill + logits + hooks)
+
+
+def auto_batch_size(free_bytes: int, bytes_per_row: int, *, fraction: float = AUTO_BATCH_FRACTION,
+                    lo: int = AUTO_BATCH_MIN, hi: int = AUTO_BATCH_MAX) -> int:
+    """``clamp(floor(free_bytes * fraction / bytes_per_row), lo, hi)``."""
+    if bytes_per_row <= 0:
+        raise ConfigError(f"bytes_per_row must be positive, got {bytes_per_row}.")
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"fraction must be in (0, 1], got {fraction}.")
+    n = math.floor(max(int(free_bytes), 0) * fraction / bytes_per_row)
+    return max(lo, min(hi, n))
+
+
+def resolve_batch_size(requested: int | None, device: str, shape: RowShape, prompt_tokens: int,
+                       new_tokens: int, *, mem_get_info: Callable[[Any], tuple[int, int]] | None = None) -> int:
+    """The batch size the statistics pass should use.
+
+    ``requested`` (the user's ``--batch-size``/``batch_size``) always wins. Otherwise: on a CUDA
+    device ``auto_batch_size(free, row_bytes(...))`` with ``free`` from
+    ``torch.cuda.mem_get_info(device)`` (``mem_get_info`` replaces it in tests); anywhere else
+    ``DEFAULT_CPU_BATCH``. Call it after both models are loaded, so ``free`` excludes their
+    weights.
+    """
+    if requested is not None:
+        if int(requested) < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {requested!r}.")
+        return int(requested)
+    if not str(device).startswith("cuda"):
+        return DEFAULT_CPU_BATCH
+    if mem_get_info is None:
+        import torch
+
+        mem_get_info = torch.cuda.mem_get_info
+    free, _total = mem_get_info(device)
+    return auto_batch_size(free, row_bytes(shape, prompt_tokens, new_tokens))

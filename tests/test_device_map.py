@@ -1,0 +1,149 @@
+"""``--device-map``: a model placed by Accelerate (``from_pretrained(..., device_map=...)``) gives
+the statistics of the same model loaded whole.
+
+A CPU machine has one device, so the splits here are the ones a CPU can hold: every module
+mapped to ``cpu`` explicitly (the device-map loading path), ``"auto"`` under a ``max_memory``
+budget, and one block offloaded to ``disk`` (Accelerate dispatches the model: that block's
+weights live on the meta device and its hooks load them for each forward, the mechanism that
+also moves activations between GPUs). The statistics must be bitwise equal to the unsplit
+load's: the same kernels run on the same values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mechclaims.config import ClaimsConfig, build_config
+from mechclaims.devices import parse_device_map
+from mechclaims.errors import ConfigError, ModelSourceError
+from mechclaims.loading import _placement_kwargs, load_model, load_pair
+from mechclaims.probe import Probe
+from mechclaims.runspec import check_device_map
+from mechclaims.sources import Source
+from mechclaims.stats import StatsSettings, collect_pair
+from tests import tiny
+
+SETTINGS = StatsSettings(max_new_tokens=5, batch_size=4, max_chunks=4)
+MODULES = ("transformer.wte", "transformer.wpe", "transformer.h.0", "transformer.h.1", "transformer.ln_f",
+           "lm_head")
+ALL_CPU = {m: "cpu" for m in MODULES}
+DISK_H1 = {**ALL_CPU, "transformer.h.1": "disk"}
+
+
+@pytest.fixture(scope="module")
+def gpt2_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("devmap")
+    tok = tiny.make_tokenizer(root / "tok")
+    return tuple(str(d) for d in tiny.make_pair(root / "gpt2", "gpt2", tok))
+
+
+@pytest.fixture(scope="module")
+def probe():
+    return Probe(torch.randn(32, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.fixture(scope="module")
+def unsplit(gpt2_dirs, probe):
+    base, model = load_pair(*gpt2_dirs)
+    return collect_pair(base, model, list(tiny.PROMPTS), probe, SETTINGS, progress=False)
+
+
+def _assert_same_stats(got, want):
+    for side in ("base", "model"):
+        a, b = getattr(got, side), getattr(want, side)
+        np.testing.assert_array_equal(a.continuations, b.continuations)
+        for name in ("act_sum", "count", "mlp_out_proj_sum", "resid_post_proj_sum"):
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=f"{side} {name}")
+
+
+@pytest.mark.parametrize("placement", [
+    pytest.param({"device_map": ALL_CPU}, id="every-module-cpu"),
+    pytest.param({"device_map": "auto", "max_memory": {"cpu": "2GB"}}, id="auto-max-memory"),
+    pytest.param({"device_map": DISK_H1}, id="block-1-on-disk"),
+])
+def test_split_load_gives_the_unsplit_statistics(gpt2_dirs, probe, unsplit, placement, tmp_path):
+    if "disk" in str(placement["device_map"]):
+        placement = {**placement, "offload_folder": str(tmp_path / "offload")}
+    base, model = load_pair(*gpt2_dirs, **placement)
+    assert base.device == model.device == "cpu"  # where the inputs go: the embeddings' device
+    assert base.device_map and base.describe()["device_map"] == base.device_map
+    if "disk" in str(placement["device_map"]):
+        # Really dispatched: block 1's weights are not in memory, Accelerate's hooks bring them.
+        for m in (base, model):
+            assert m.hf_model.hf_device_map["transformer.h.1"] == "disk"
+            assert m.hf_model.transformer.h[1].mlp.c_proj.weight.device.type == "meta"
+            assert hasattr(m.hf_model.transformer.h[1], "_hf_hook")
+    got = collect_pair(base, model, list(tiny.PROMPTS), probe, SETTINGS, progress=False)
+    _assert_same_stats(got, unsplit)
+
+
+def test_json_device_map_string_is_read(gpt2_dirs):
+    import json
+
+    m = load_model(gpt2_dirs[0], memo=False, device_map=json.dumps(ALL_CPU))
+    assert json.loads(m.device_map) == ALL_CPU
+
+
+def test_without_a_device_map_nothing_changes(gpt2_dirs):
+    m = load_model(gpt2_dirs[0], memo=False)
+    assert m.device_map == "" and "device_map" not in m.describe()
+
+
+# --------------------------------------------------------------------------------------------
+# Options and checks (no model work)
+
+
+def test_config_reads_device_map():
+    assert ClaimsConfig().device_map == ""
+    assert build_config({"device_map": "auto"}).device_map == "auto"
+    cfg = build_config({"device_map": '{"transformer.h.1": 1, "transformer.h.0": 0}'})
+    assert cfg.device_map == '{"transformer.h.0": 0, "transformer.h.1": 1}'  # canonical JSON
+
+
+def test_config_reads_a_toml_table(tmp_path):
+    f = tmp_path / "claims.toml"
+    f.write_text('[tool.mechclaims.device_map]\n"transformer.h.0" = 0\nlm_head = "cuda:1"\n')
+    assert build_config({}, claims_config=str(f)).device_map == '{"lm_head": "cuda:1", "transformer.h.0": 0}'
+
+
+@pytest.mark.parametrize("bad", ["everywhere", "{not json", "[1, 2]", '{"lm_head": "gpu"}', '{"lm_head": -1}',
+                                 '{"lm_head": true}', "{}"])
+def test_bad_device_maps_are_refused(bad):
+    with pytest.raises(ConfigError, match="device_map"):
+        build_config({"device_map": bad})
+
+
+def test_parse_device_map():
+    assert parse_device_map(None) is None and parse_device_map("  ") is None
+    assert parse_device_map("balanced_low_0") == "balanced_low_0"
+    assert parse_device_map({"a": 0, "b": "cuda:1", "c": "cpu", "d": "disk"}) == {"a": 0, "b": "cuda:1",
+                                                                                 "c": "cpu", "d": "disk"}
+
+
+@pytest.mark.parametrize("kind", ["organism", "weights", "adapter"])
+def test_device_map_only_for_directories_and_hub_ids(kind, tmp_path):
+    base = Source("dir", str(tmp_path))
+    src = Source(kind, "gpt2" if kind == "organism" else str(tmp_path / "w.pt"),
+                 base=None if kind == "organism" else base)
+    with pytest.raises(ModelSourceError, match="device map applies to HF directories"):
+        _placement_kwargs(src, "auto", None, None)
+    with pytest.raises(ConfigError, match="--device-map"):
+        check_device_map("auto", base, src)
+    check_device_map("", base, src)  # no map: nothing to check
+    check_device_map("auto", base, Source("hub", "gpt2"))
+
+
+def test_placement_options_need_a_map():
+    with pytest.raises(ModelSourceError, match="only apply with a device_map"):
+        _placement_kwargs(Source("hub", "gpt2"), None, {"cpu": "1GB"}, None)
+    assert _placement_kwargs(Source("hub", "gpt2"), None, None, None) == {}
+    assert _placement_kwargs(Source("hub", "gpt2"), "auto", {0: "10GiB"}, None) == {
+        "device_map": "auto", "max_memory": {0: "10GiB"}}
+
+
+def test_pytest_option_is_declared():
+    from mechclaims.plugin import _OPTIONS
+
+    assert ("--device-map", "device_map") in {(flag, dest) for flag, dest, _ in _OPTIONS}
