@@ -3,11 +3,23 @@
 Nothing is downloaded. A small byte-level BPE is trained with ``tokenizers`` and wrapped as a
 ``PreTrainedTokenizerFast`` (distinct bos/eos/pad); a random ``GPT2LMHeadModel`` is built from a
 seeded config and saved with ``save_pretrained``; the "DPO" model is the same weights plus small
-seeded perturbations. The model vocabulary (50257 for GPT-2 small) may exceed the tokenizer's:
-generated ids above it are never decoded.
+seeded perturbations. The trained vocabulary is small (about 550 tokens); each pair's saved
+tokenizer is padded with unused added tokens up to the model's vocabulary (50257 for the GPT-2
+shapes), because mechclaims refuses a tokenizer that covers under half of ``vocab_size`` (the
+mark of a stand-in tokenizer). The padding changes no prompt's token ids.
 
 The 124M pair is only built when it is benchmarked (``--benchmark-enable`` or
 ``MECHCLAIMS_BENCH_FULL=1``); the small pair (2 layers, d_model 128) always runs.
+
+``MECHCLAIMS_BENCH_SHAPES`` (comma-separated, default ``tiny,gpt2``) picks the shapes: ``tiny``
+(2 x 128), ``gpt2`` (124M) and ``medium`` (GPT-2 medium's 355M: 24 layers, d_model 1024, 16
+heads), which is only built when named here. A shape named here runs whether or not
+benchmarking is enabled. ``MECHCLAIMS_BENCH_PROMPTS`` (default 64) takes the first N prompts.
+
+``MECHCLAIMS_BENCH_SLOW_MS=X`` adds, for every selected shape, a variant ``<shape>-slowed`` on
+the same models whose mechclaims pass has a forward hook on each layer's MLP output projection
+that sleeps X ms: an artificially slowed pass, which the regression gate (``gate.py``) must
+catch. Plain generate is unaffected (its models are separate).
 """
 
 from __future__ import annotations
@@ -17,7 +29,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import contextlib  # noqa: E402
+import dataclasses  # noqa: E402
 import random  # noqa: E402
+import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -28,7 +43,8 @@ N_THREADS = int(os.environ.get("MECHCLAIMS_BENCH_THREADS", "2"))
 torch.set_num_threads(N_THREADS)
 
 SEED = 1234
-N_PROMPTS = 64
+N_PROMPTS = int(os.environ.get("MECHCLAIMS_BENCH_PROMPTS", "64"))
+SLOW_MS = float(os.environ.get("MECHCLAIMS_BENCH_SLOW_MS", "0") or 0)
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 
 _SUBJECTS = ["The cat", "My neighbour", "A tired old man", "The small red car", "Our teacher",
@@ -92,6 +108,42 @@ GPT2_SMALL = Shape("gpt2-small-124M", {})  # GPT2Config defaults: 12 x 768, d_ml
 # would make the token-equality check trivial. (GPT-2 small at 0.02 already varies.)
 TINY = Shape("tiny-2x128", {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 256,
                             "vocab_size": 2048, "initializer_range": 0.05})
+# GPT-2 medium's shape (355M: 24 x 1024, 16 heads, d_mlp 4096, vocab 50257); built only when named
+# in MECHCLAIMS_BENCH_SHAPES (benchmarks/gpu.sh does).
+GPT2_MEDIUM = Shape("gpt2-medium-355M", {"n_layer": 24, "n_embd": 1024, "n_head": 16})
+SHAPES = {"tiny": TINY, "gpt2": GPT2_SMALL, "medium": GPT2_MEDIUM}
+SLOWED = "-slowed"
+
+
+def selected_shapes() -> list[str]:
+    """Shape keys from MECHCLAIMS_BENCH_SHAPES (default: tiny and gpt2, as before)."""
+    raw = os.environ.get("MECHCLAIMS_BENCH_SHAPES", "").strip()
+    if not raw:
+        return ["tiny", "gpt2"]
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SHAPES]
+    if unknown:
+        raise ValueError(f"MECHCLAIMS_BENCH_SHAPES: unknown shape(s) {unknown}; known: {sorted(SHAPES)}")
+    return names
+
+
+def bench_params() -> list[str]:
+    names = selected_shapes()
+    return names + [n + SLOWED for n in names] if SLOW_MS > 0 else names
+
+
+def explicitly_selected(key: str) -> bool:
+    return key in [n.strip() for n in os.environ.get("MECHCLAIMS_BENCH_SHAPES", "").split(",")]
+
+
+def pad_tokenizer(tok, vocab_size: int):
+    """A copy of ``tok`` with unused added tokens up to ``vocab_size`` entries."""
+    import copy
+
+    padded = copy.deepcopy(tok)
+    if len(padded) < vocab_size:
+        padded.add_tokens([f"<|unused{i}|>" for i in range(vocab_size - len(padded))])
+    return padded
 
 
 def build_pair(root: Path, shape: Shape, tok, *, eps: float = 0.05) -> tuple[str, str]:
@@ -99,7 +151,9 @@ def build_pair(root: Path, shape: Shape, tok, *, eps: float = 0.05) -> tuple[str
     from transformers import GPT2LMHeadModel
 
     torch.manual_seed(SEED)
-    base = GPT2LMHeadModel(shape.gpt2_config(tok)).eval()
+    config = shape.gpt2_config(tok)
+    tok = pad_tokenizer(tok, config.vocab_size)
+    base = GPT2LMHeadModel(config).eval()
     dirs = (root / f"{shape.name}-base", root / f"{shape.name}-dpo")
     base.save_pretrained(dirs[0])
     tok.save_pretrained(dirs[0])
@@ -114,6 +168,16 @@ def build_pair(root: Path, shape: Shape, tok, *, eps: float = 0.05) -> tuple[str
     tok.save_pretrained(dirs[1])
     del base
     return str(dirs[0]), str(dirs[1])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """``pytest benchmarks`` without ``--benchmark-enable`` (or MECHCLAIMS_BENCH_FULL=1) is a quick
+    correctness run: benchmarking off (each function once), the small shape only. pytest-benchmark
+    itself would benchmark by default; this runs before it reads its options."""
+    if not config.getoption("benchmark_enable", default=False) and \
+            os.environ.get("MECHCLAIMS_BENCH_FULL", "") in ("", "0"):
+        config.option.benchmark_disable = True
 
 
 def full_enabled(config) -> bool:
@@ -144,6 +208,28 @@ class Bench:
     hf_base: object      # plain transformers GPT2LMHeadModel, loaded separately
     hf_model: object
     tokenizer: object
+    slow_ms: float = 0.0  # > 0: the mechclaims pass sleeps this long in each MLP (gate tests)
+
+    @property
+    def label(self) -> str:
+        return self.shape.name + (f"+slow{self.slow_ms:g}ms" if self.slow_ms > 0 else "")
+
+    @contextlib.contextmanager
+    def slowed(self):
+        """While active, each layer's MLP output projection of the mechclaims models (not the
+        plain HF ones) sleeps ``slow_ms`` after its forward: a regression the gate must catch.
+        Without ``slow_ms`` it does nothing."""
+        if self.slow_ms <= 0:
+            yield
+            return
+        delay = self.slow_ms / 1000.0
+        handles = [proj.register_forward_hook(lambda *_: time.sleep(delay))
+                   for m in (self.base, self.model) for _, proj in m.stat_modules]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
 
 
 def _make_bench(tmp_path_factory, shape: Shape, tok) -> Bench:
@@ -172,11 +258,18 @@ def tiny_bench(tmp_path_factory, bench_tokenizer) -> Bench:
 
 @pytest.fixture(scope="session")
 def gpt2_bench(request, tmp_path_factory, bench_tokenizer) -> Bench:
-    if not full_enabled(request.config):
+    if not (full_enabled(request.config) or explicitly_selected("gpt2")):
         pytest.skip("124M benchmark: pass --benchmark-enable or set MECHCLAIMS_BENCH_FULL=1")
     return _make_bench(tmp_path_factory, GPT2_SMALL, bench_tokenizer)
 
 
-@pytest.fixture(params=["tiny", "gpt2"], scope="session")
+@pytest.fixture(scope="session")
+def medium_bench(tmp_path_factory, bench_tokenizer) -> Bench:
+    return _make_bench(tmp_path_factory, GPT2_MEDIUM, bench_tokenizer)
+
+
+@pytest.fixture(params=bench_params(), scope="session")
 def bench_pair(request) -> Bench:
-    return request.getfixturevalue(f"{request.param}_bench")
+    key = request.param.removesuffix(SLOWED)
+    bench = request.getfixturevalue(f"{key}_bench")
+    return dataclasses.replace(bench, slow_ms=SLOW_MS) if request.param.endswith(SLOWED) else bench

@@ -22,8 +22,10 @@ Every test checks something real, so a benchmark run also validates:
 - the mechclaims activation means equal the two-pass fp16 means within fp16 tolerance;
 - the mechclaims MLP-output projection equals ``(mean_act @ W_out + b_out) . w_hat`` (linearity).
 
-Timings are never asserted. The 124M pair only runs when benchmarking is on
-(``--benchmark-enable`` or ``MECHCLAIMS_BENCH_FULL=1``); the 2x128 pair always runs.
+Timings are never asserted here. The 124M pair only runs when benchmarking is on
+(``--benchmark-enable`` or ``MECHCLAIMS_BENCH_FULL=1``); the 2x128 pair always runs. The
+regression gate (``benchmarks/gate.py``, run by ``tox -e bench``) reads the JSON these
+benchmarks write and compares the ratio mechclaims / plain generate with ``baseline.json``.
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ def run_two_pass(bench, seqs) -> dict[str, dict]:
 
 def run_mechclaims(bench, prompts, probe):
     settings = StatsSettings(positions="own", max_new_tokens=T, batch_size=BATCH_SIZE)
-    return collect_pair(bench.base, bench.model, prompts, probe, settings, progress=False)
+    with bench.slowed():  # no-op unless MECHCLAIMS_BENCH_SLOW_MS made a -slowed variant
+        return collect_pair(bench.base, bench.model, prompts, probe, settings, progress=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,10 +165,11 @@ def references(bench_pair, prompts):
             "hf_conts": {k: v["continuations"] for k, v in two.items()}}
 
 
-def _pedantic(benchmark, bench, fn):
-    benchmark.group = f"stats-pass {bench.shape.name} bs={BATCH_SIZE}"
+def _pedantic(benchmark, bench, fn, n_prompts):
+    benchmark.group = f"stats-pass {bench.label} bs={BATCH_SIZE}"
     benchmark.extra_info.update(shape=bench.shape.name, batch_size=BATCH_SIZE, new_tokens=T,
-                                threads=torch.get_num_threads())
+                                threads=torch.get_num_threads(), n_prompts=n_prompts,
+                                slow_ms=bench.slow_ms, dtype="float32", device="cpu")
     return benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=WARMUP)
 
 
@@ -175,14 +179,15 @@ def _pedantic(benchmark, bench, fn):
 
 def test_mechclaims_pass(benchmark, bench_pair, prompts, references):
     probe = _probe(bench_pair)
-    stats = _pedantic(benchmark, bench_pair, lambda: run_mechclaims(bench_pair, prompts, probe))
+    stats = _pedantic(benchmark, bench_pair, lambda: run_mechclaims(bench_pair, prompts, probe), len(prompts))
     assert stats.n_chunks == min(32, len(prompts))
     _check_mechclaims(bench_pair, stats, references["hf_conts"], references["two_pass"])
 
 
 def test_hf_generate(benchmark, bench_pair, references):
     """(a) plain generate of both models, no hooks."""
-    conts = _pedantic(benchmark, bench_pair, lambda: run_hf_generate(bench_pair, references["seqs"]))
+    conts = _pedantic(benchmark, bench_pair, lambda: run_hf_generate(bench_pair, references["seqs"]),
+                      len(references["seqs"]))
     for name in ("base", "model"):
         assert torch.equal(conts[name], references["hf_conts"][name])
     # The two models differ (the DPO perturbation changes some greedy continuations).
@@ -191,7 +196,8 @@ def test_hf_generate(benchmark, bench_pair, references):
 
 def test_two_pass(benchmark, bench_pair, references):
     """(b) the paper's two-pass method: generate, full forward storing fp16 activations, sums."""
-    res = _pedantic(benchmark, bench_pair, lambda: run_two_pass(bench_pair, references["seqs"]))
+    res = _pedantic(benchmark, bench_pair, lambda: run_two_pass(bench_pair, references["seqs"]),
+                    len(references["seqs"]))
     for name in ("base", "model"):
         assert torch.equal(res[name]["continuations"], references["hf_conts"][name])
         np.testing.assert_array_equal(res[name]["mean_act"], references["two_pass"][name]["mean_act"])

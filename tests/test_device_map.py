@@ -87,8 +87,13 @@ def test_json_device_map_string_is_read(gpt2_dirs):
 
 
 def test_without_a_device_map_nothing_changes(gpt2_dirs):
+    from mechclaims.devices import RowShape
+
     m = load_model(gpt2_dirs[0], memo=False)
     assert m.device_map == "" and "device_map" not in m.describe()
+    # The automatic batch size reads a LoadedModel's dimensions (tests/test_devices.py).
+    assert RowShape.of(m) == RowShape(n_layers=2, d_model=32, d_mlp=96, n_heads=4, kv_width=32,
+                                      d_vocab=m.d_vocab, dtype_bytes=4)
 
 
 # --------------------------------------------------------------------------------------------

@@ -131,8 +131,8 @@ def analyze(base_source: "str | Source", model_source: "str | Source", probe: st
 
 # Batch size and which chunks were resumed change the order of float64 additions, so the last
 # bits of a sum can differ between runs that differ only in these (measured: <= 1.4e-8 relative).
-BIT_STABILITY = ("float64 sums are identical for identical settings; batch size and resumed chunks "
-                 "can change the last bits (<= 1.4e-8 relative)")
+BIT_STABILITY = ("float64 sums are identical for identical settings, whatever the number of data-parallel "
+                 "ranks; batch size and resumed chunks can change the last bits (<= 1.4e-8 relative)")
 
 
 def _from_cache(cache, base: Source, model: Source, probe, prompts, settings, dtype, device):

@@ -19,8 +19,11 @@ Two position modes (paper A3):
 
 ``own``     each model on its own greedy continuation (Yang et al.; the paper's numbers).
 ``shared``  both models on one token sequence, the candidate (DPO) model's greedy
-            continuation, which the base reads in the same KV-cached steps (Lee et al.).
-            It removes the confound that the two models saw different tokens.
+            continuation (Lee et al.). It removes the confound that the two models saw
+            different tokens. Once the candidate has generated (without hooks), each model
+            reads prompt + continuation in ONE parallel forward (``read_forced``): no
+            token-by-token decoding for the base, and the same operations for both models, so
+            a model compared with itself still shows exactly zero change.
 
 Besides the per-neuron sums, each layer's mean projection onto the probe of the MLP output
 (``hook_post @ W_out + b_out``) and of the residual stream after the block is accumulated at
@@ -190,12 +193,16 @@ class _Accumulator:
     def _post(self, layer, module, args):
         import torch
 
+        if self.part is None:  # between batches (shared mode: the candidate generating)
+            return
         x = args[0][:, self.sel].sum(dim=1, dtype=torch.float64)  # [batch, d_mlp]
         self.part["act"][:, layer].index_add_(0, self.rows, x.to(self.act.device))
 
     def _proj(self, target, layer, module, args, out):
         import torch
 
+        if self.part is None:
+            return
         x = out[0] if isinstance(out, tuple) else out
         w_hat = self.w_hat.to(x.device)
         self.part[target][:, layer].index_add_(0, self.rows, (x[:, self.sel].to(torch.float64) @ w_hat).sum(1)
@@ -210,18 +217,14 @@ class _Accumulator:
         }
 
 
-def greedy_generate(model, batch: TokenBatch, max_new_tokens: int, acc: _Accumulator | None = None,
-                    forced=None):
+def greedy_generate(model, batch: TokenBatch, max_new_tokens: int, acc: _Accumulator | None = None):
     """Greedy KV-cached generation of exactly ``max_new_tokens`` tokens (no early stop) on the
     plain HF module of a LoadedModel (or on a plain HF causal LM, e.g. a policy while it
     trains); only the last position is unembedded.
 
-    With ``acc`` (already entered), its hooks read position -1 of every forward: the last
-    prompt position, then each newly fed token. With ``forced`` (``[batch, T]`` tokens), the
-    model is fed those tokens instead of its own argmax: the same sequence of operations as
-    its own generation, so two models with equal weights give bitwise equal activations
-    (a teacher-forced full forward would differ from a cached one in the last bits).
-    Returns the tokens fed, ``[batch, T]``.
+    With ``acc`` (already entered, a batch begun), its hooks read position -1 of every
+    forward: the last prompt position, then each newly fed token. Returns the generated
+    tokens, ``[batch, T]``.
     """
     import torch
     from transformers import DynamicCache
@@ -232,7 +235,7 @@ def greedy_generate(model, batch: TokenBatch, max_new_tokens: int, acc: _Accumul
     out = []
 
     def step(logits, t):
-        return forced[:, t] if forced is not None else logits[:, -1].argmax(-1)
+        return logits[:, -1].argmax(-1)
 
     with torch.no_grad():
         if acc is not None:
@@ -267,6 +270,25 @@ def continuations(model, tokenizer, prompts: list[str], settings: StatsSettings 
                                            device=device), settings.max_new_tokens).cpu().numpy()
            for j in range(0, len(seqs), settings.batch_size)]
     return np.concatenate(out).astype(np.int64)
+
+
+def read_forced(model, batch: TokenBatch, tokens, acc: _Accumulator) -> None:
+    """One parallel forward of prompt + ``tokens[:, :-1]`` with ``acc``'s hooks reading the T
+    positions whose outputs produce ``tokens`` (the last prompt position and the first T-1
+    continuation positions), the positions greedy decoding reads one step at a time."""
+    import torch
+
+    hf = getattr(model, "hf_model", model)
+    T, P = tokens.shape[1], batch.tokens.shape[1]
+    dev = batch.tokens.device
+    feed = tokens[:, :-1].to(dev)
+    ids = torch.cat([batch.tokens, feed], dim=1)
+    mask = torch.cat([batch.attention_mask, torch.ones_like(feed, dtype=batch.attention_mask.dtype)], dim=1)
+    pos = torch.cat([batch.position_ids, batch.position_ids[:, -1:] + torch.arange(1, T, device=dev)], dim=1)
+    acc.sel = slice(P - 1, P - 1 + T)
+    with torch.no_grad():
+        hf(ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=1)
+    acc.part["count"].index_add_(0, acc.rows, torch.full_like(acc.rows, T, dtype=torch.float64))
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,15 +378,17 @@ def collect_pair(base, model, prompts: list[str], probe, settings: StatsSettings
                     fault_point(b)
                     j = starts[b]
                     batch = pad_left(seqs[j:j + bs], base.tokenizer.pad_token_id, device=base.device)
+                    if settings.positions == "shared":  # hooks idle: no batch begun yet
+                        cont_m = cont_b = greedy_generate(model, batch, T)
                     acc_m.begin(slots[j:j + bs])
                     acc_b.begin(slots[j:j + bs])
-                    cont_m = greedy_generate(model, batch, T, acc_m)
-                    if reuse_base:
-                        cont_b = None  # read from the base's own cache entry below
-                    elif settings.positions == "own":
-                        cont_b = greedy_generate(base, batch, T, acc_b)
-                    else:  # the base reads the candidate's continuation, in the same cached steps
-                        cont_b = greedy_generate(base, batch, T, acc_b, forced=cont_m)
+                    if settings.positions == "shared":  # one continuation, read by both in parallel
+                        read_forced(model, batch, cont_m, acc_m)
+                        read_forced(base, batch, cont_m, acc_b)
+                    else:
+                        cont_m = greedy_generate(model, batch, T, acc_m)
+                        # the base's own pass, unless read from its own cache entry below
+                        cont_b = None if reuse_base else greedy_generate(base, batch, T, acc_b)
                     local.append((b, {"m": acc_m.take(w.active), "b": acc_b.take(w.active),
                                       "cont_m": cont_m.cpu().numpy(),
                                       "cont_b": None if cont_b is None else cont_b.cpu().numpy()}))

@@ -483,6 +483,9 @@ def save_adapter(peft_model, path: Path, base_name: str) -> None:
         peft_model.save_pretrained(tmp)
         conf = json.loads((tmp / "adapter_config.json").read_text())
         conf["base_model_name_or_path"] = base_name
+        for key, value in conf.items():  # PEFT stores some lists from sets: hash-seed order
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                conf[key] = sorted(value)
         atomic_write_text(tmp / "adapter_config.json", json.dumps(conf, indent=2, sort_keys=True) + "\n")
         for f in tmp.iterdir():
             if f.name not in ("adapter_config.json", "adapter_model.safetensors"):
