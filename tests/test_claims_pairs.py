@@ -12,7 +12,7 @@ from mechclaims.organism import organism_dir
 
 REPO = Path(__file__).resolve().parents[1]
 CLAIMS = str(REPO / "claims")
-N_PROMPTS = 120
+N_PROMPTS = 60
 pytest_plugins = ["pytester"]
 RUNS: dict[str, dict] = {}  # every document produced in this module, for the cross-pair test
 
@@ -158,7 +158,9 @@ def _pair(pytester, shared, name, base, model):
 
 def test_reduction_in_one_group_fails_c6_and_c7(pytester, shared, built):
     claims = _pair(pytester, shared, "tp-only", str(organism_dir("gpt2") / "base"), built["tp-only"])
-    assert claims["C6"]["status"] == "fail" and claims["C6"]["checks"][0]["value"] == pytest.approx(1.0)
+    # Only toxic-aligned neurons moved: TP↓ holds all of it but the odd aligned neuron whose mean
+    # activation is slightly negative on these prompts (then it is TN↓); measured 0.999998.
+    assert claims["C6"]["status"] == "fail" and claims["C6"]["checks"][0]["value"] > 0.99
     assert claims["C7"]["status"] == "fail" and claims["C7"]["checks"][0]["value"] == pytest.approx(0.0, abs=1e-4)
 
 
@@ -186,9 +188,10 @@ def test_behavioural_claims_on_the_organism(pytester, shared):
     claims, doc, _ = run(pytester, shared, "gpt2-behaviour", behaviour=True)
     assert doc["behaviour"]["scorer"]["name"] == "lexicon"
     sets = {r["set"]: r for r in doc["behaviour"]["sets"]}
-    assert sets["base"]["toxicity"] > 0.3 and sets["dpo"]["toxicity"] < 0.1
+    # the paper's regime: DPO removes about half of the toxicity, not all of it
+    assert sets["base"]["toxicity"] > 0.6 and 0.3 < 1 - sets["dpo"]["toxicity"] / sets["base"]["toxicity"] < 0.8
     assert claims["C1"]["status"] == "pass"
-    assert claims["C16"]["status"] == "pass"  # measured: all four groups recover ~93%
+    assert claims["C16"]["status"] == "pass"  # measured: all four groups recover more than DPO's drop
     assert sets["patch:all↓"]["share_of_dpo_drop"] > sets["patch:top256"]["share_of_dpo_drop"]
     assert claims["C18"]["status"] == "fail"  # measured: editing by probe cosines backfires here
     again, doc2, _ = run(pytester, shared, "gpt2-behaviour-again", behaviour=True)
@@ -209,7 +212,7 @@ def test_dampened_pair_fails_c5_when_the_patch_covers_the_prompt(pytester, share
     paper's generated-positions patch, the prompt's keys and values stay the base's and the
     recovery is ~0.17.)"""
     claims, doc, _ = run(pytester, shared, "dampened-behaviour", "--model", "organism:gpt2-dampened",
-                         "--patch-positions", "all", behaviour=True)
+                         "--patch-positions", "all", "-k", "C5_", behaviour=True)
     assert claims["C5"]["status"] == "fail" and claims["C5"]["checks"][0]["value"] > 0.25
     sets = {r["set"]: r for r in doc["behaviour"]["sets"]}
     assert sets["patch:TP↓"]["share_of_dpo_drop"] > 0.7  # the dampened set itself replicates it
@@ -249,16 +252,18 @@ def behaviour_built(shared):
     return out
 
 
-def _behaviour_pair(pytester, shared, name, model):
+def _behaviour_pair(pytester, shared, name, model, select):
+    """Only the selected claims' intervention kinds are generated (``-k``)."""
     d = organism_dir("gpt2")
     return run(pytester, shared, name, "--base", str(d / "base"), "--model", model, "--probe",
                str(d / "probe.safetensors"), "--scorer", f"lexicon:{d / 'lexicon.txt'}",
-               "--ppl-text", str(d / "heldout.txt"), behaviour=True)
+               "--ppl-text", str(d / "heldout.txt"), "-k", select, behaviour=True)
 
 
 @pytest.mark.slow
 def test_drop_from_outside_the_mlps_fails_c16_and_c2(pytester, shared, behaviour_built):
-    claims, doc, _ = _behaviour_pair(pytester, shared, "final-norm", behaviour_built["final-norm"])
+    claims, doc, _ = _behaviour_pair(pytester, shared, "final-norm", behaviour_built["final-norm"],
+                                     "C1_ or C2_ or C16_")
     assert claims["C1"]["status"] == "pass"  # the candidate is much less toxic ...
     assert claims["C16"]["status"] == "fail"  # ... but no MLP group patch recovers it
     assert claims["C2"]["status"] == "fail"  # and the blunt edit costs fluency
@@ -266,7 +271,7 @@ def test_drop_from_outside_the_mlps_fails_c16_and_c2(pytester, shared, behaviour
 
 @pytest.mark.slow
 def test_drop_from_ablation_fails_c14(pytester, shared, behaviour_built):
-    claims, _, _ = _behaviour_pair(pytester, shared, "ablated", behaviour_built["ablated"])
+    claims, _, _ = _behaviour_pair(pytester, shared, "ablated", behaviour_built["ablated"], "C14_")
     c14 = {k["name"]: k["value"] for k in claims["C14"]["checks"]}
     assert claims["C14"]["status"] == "fail" and c14["share_top200"] == pytest.approx(1.0)
 
@@ -290,13 +295,13 @@ def _lee_run(pytester, shared, name, base, model, probe, select):
 
 def test_organism_detox_survives_unalignment(pytester, shared):
     """The organism's DPO does not run through its top-7 toxic neurons: un-aligning them restores
-    almost nothing, so C21 fails and its gate reading S1 passes; subtracting the probe direction
-    detoxifies the base (C22)."""
+    about half of the base's toxicity, not 90%, so C21 fails and its gate reading S1 passes;
+    subtracting the probe direction detoxifies the base (C22)."""
     claims, doc = _lee_run(pytester, shared, "gpt2-lee", "organism:gpt2-base", "organism:gpt2",
                            organism_dir("gpt2") / "probe.safetensors", "C21 or S1 or C22")
     assert claims["C21"]["status"] == "fail" and claims["S1"]["status"] == "pass"
-    assert claims["C21"]["checks"][0]["value"] < 0.2  # measured: 0.01
-    assert claims["C22"]["status"] == "pass"  # measured: 0.175 at scale 5
+    assert claims["C21"]["checks"][0]["value"] < 0.9  # measured (600 prompts): 0.52
+    assert claims["C22"]["status"] == "pass"  # measured (600 prompts): 0.53
     kinds = {r["kind"] for r in doc["behaviour"]["sets"]}
     assert kinds == {"none", "scale_keys", "subtract"}  # only what the selected claims read
 

@@ -124,9 +124,15 @@ def test_sweep_over_a_training_run(lora_run, tmp_path, monkeypatch, capsys):
     import mechclaims.stats as stats
     from mechclaims.cli import main
 
-    calls = []
+    calls = []  # statistics passes (a generation that feeds an accumulator), per model
     real = stats.greedy_generate
-    monkeypatch.setattr(stats, "greedy_generate", lambda m, *a, **k: calls.append(m.source) or real(m, *a, **k))
+
+    def counting(m, batch, T, acc=None):
+        if acc is not None:
+            calls.append(m.source)
+        return real(m, batch, T, acc)
+
+    monkeypatch.setattr(stats, "greedy_generate", counting)
     report = tmp_path / "out" / "sweep.html"
     rc = main(["sweep", str(lora_run["run"]), "--base", str(ORG.base), "--probe", str(ORG.probe),
                "--prompts", str(lora_run["prompts"]), "--max-new-tokens", "4", "--bootstrap", "20",

@@ -31,7 +31,7 @@ def short_dpo_trainer(out: Path, *, lora: bool, max_steps: int, save_steps: int 
     args = DPOConfig(output_dir=str(out), beta=0.1, learning_rate=lr, per_device_train_batch_size=8,
                      max_steps=max_steps, save_strategy="steps", save_steps=save_steps, logging_steps=2,
                      report_to="none", use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0,
-                     max_length=64)
+                     max_length=64, bf16=False)  # TRL's default bf16 autocast is ~30x slower on a CPU
     peft = LoraConfig(r=4, lora_alpha=8, target_modules=["c_fc", "c_proj"], fan_in_fan_out=True,
                       lora_dropout=0.0, task_type="CAUSAL_LM") if lora else None
     ref = None if lora else AutoModelForCausalLM.from_pretrained(ORG.base)

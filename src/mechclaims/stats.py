@@ -138,7 +138,9 @@ class _Accumulator:
     def __init__(self, model, n_slots: int, w_hat):
         import torch
 
-        dev = next(model.hf_model.parameters()).device
+        from .loading import input_device
+
+        dev = torch.device(input_device(model.hf_model))  # a split model's first device
         self.L, self.D = model.n_layers, model.d_mlp
         self.act = torch.zeros(n_slots, self.L, self.D, dtype=torch.float64, device=dev)
         self.mlp_proj = torch.zeros(n_slots, self.L, dtype=torch.float64, device=dev)
@@ -262,8 +264,10 @@ def continuations(model, tokenizer, prompts: list[str], settings: StatsSettings 
     """``[n_prompts, max_new_tokens]`` greedy continuation tokens (no statistics), in prompt
     order: the same encoding, padding and decoding steps as the statistics pass. ``model``:
     a LoadedModel or a plain HF causal LM."""
+    from .loading import input_device
+
     hf = getattr(model, "hf_model", model)
-    device = next(hf.parameters()).device
+    device = input_device(hf)
     seqs = encode_prompts(tokenizer, prompts, max_prompt_tokens=settings.max_prompt_tokens,
                           prepend_bos=prepend_bos)
     out = [greedy_generate(model, pad_left(seqs[j:j + settings.batch_size], tokenizer.pad_token_id,

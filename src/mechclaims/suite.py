@@ -198,10 +198,12 @@ class ClaimSuite:
 
     def _analyse(self, model, progress):
         from .analysis import analyze
+        from .devices import parse_device_map
 
         run, cfg = self.run, self.config
         return analyze(run.base, model, run.probe, list(run.prompts), run.settings, device=cfg.device,
-                       dtype=cfg.dtype, cache_dir=run.cache_dir, progress=progress, top_k=cfg.top_k)
+                       dtype=cfg.dtype, cache_dir=run.cache_dir, progress=progress, top_k=cfg.top_k,
+                       device_map=parse_device_map(cfg.device_map) if cfg.device_map else None)
 
     def _context(self) -> ClaimContext:
         a = self.analysis.attribution
@@ -377,3 +379,4 @@ def _read_text(path: str) -> str:
     from .perplexity import load_text
 
     return load_text(path)
+
