@@ -22,8 +22,13 @@ def shared(tmp_path_factory):
     """A module-wide result cache (one statistics pass per pair) and a prompt subset."""
     d = tmp_path_factory.mktemp("pairs")
     for arch in ("gpt2", "llama"):
-        lines = (organism_dir(arch) / "prompts.jsonl").read_text().splitlines()[:N_PROMPTS]
-        (d / f"{arch}-prompts.jsonl").write_text("\n".join(lines) + "\n")
+        lines = (organism_dir(arch) / "prompts.jsonl").read_text().splitlines()
+        (d / f"{arch}-prompts.jsonl").write_text("\n".join(lines[:N_PROMPTS]) + "\n")
+        # the constructed Lee pairs: their verdicts are far from the thresholds, half the prompts do
+        (d / f"{arch}-prompts-half.jsonl").write_text("\n".join(lines[:N_PROMPTS // 2]) + "\n")
+    # perplexity is measured once per intervention set: a third of the held-out documents
+    docs = (organism_dir("gpt2") / "heldout.txt").read_text().splitlines()
+    (d / "heldout-short.txt").write_text("\n".join(docs[:100]) + "\n")
     return d
 
 
@@ -35,6 +40,8 @@ def run(pytester, shared, name, *args, arch="gpt2", behaviour=False, subprocess=
     # generated only where a test reads them.
     generation = [REPO / "claims" / "test_behaviour.py", REPO / "claims" / "test_lee.py"]
     only = [str(generation[0])] if behaviour else [CLAIMS, *(f"--ignore={f}" for f in generation)]
+    if behaviour and "--ppl-text" not in args:
+        args = (*args, "--ppl-text", str(shared / "heldout-short.txt"))
     runner = pytester.runpytest_subprocess if subprocess else pytester.runpytest_inprocess
     res = runner(
         *only, "--prompts", str(shared / f"{arch}-prompts.jsonl"), "--cache-dir", str(shared / "cache"),
@@ -212,7 +219,7 @@ def test_dampened_pair_fails_c5_when_the_patch_covers_the_prompt(pytester, share
     paper's generated-positions patch, the prompt's keys and values stay the base's and the
     recovery is ~0.17.)"""
     claims, doc, _ = run(pytester, shared, "dampened-behaviour", "--model", "organism:gpt2-dampened",
-                         "--patch-positions", "all", "-k", "C5_", behaviour=True)
+                         "--patch-positions", "all", "-k", "C5_ or C15_ or C16_ or C17_", behaviour=True)
     assert claims["C5"]["status"] == "fail" and claims["C5"]["checks"][0]["value"] > 0.25
     sets = {r["set"]: r for r in doc["behaviour"]["sets"]}
     assert sets["patch:TP↓"]["share_of_dpo_drop"] > 0.7  # the dampened set itself replicates it
@@ -257,13 +264,13 @@ def _behaviour_pair(pytester, shared, name, model, select):
     d = organism_dir("gpt2")
     return run(pytester, shared, name, "--base", str(d / "base"), "--model", model, "--probe",
                str(d / "probe.safetensors"), "--scorer", f"lexicon:{d / 'lexicon.txt'}",
-               "--ppl-text", str(d / "heldout.txt"), "-k", select, behaviour=True)
+               "--ppl-text", str(shared / "heldout-short.txt"), "-k", select, behaviour=True)
 
 
 @pytest.mark.slow
 def test_drop_from_outside_the_mlps_fails_c16_and_c2(pytester, shared, behaviour_built):
     claims, doc, _ = _behaviour_pair(pytester, shared, "final-norm", behaviour_built["final-norm"],
-                                     "C1_ or C2_ or C16_")
+                                     "C1_ or C2_ or C15_ or C16_ or C17_")
     assert claims["C1"]["status"] == "pass"  # the candidate is much less toxic ...
     assert claims["C16"]["status"] == "fail"  # ... but no MLP group patch recovers it
     assert claims["C2"]["status"] == "fail"  # and the blunt edit costs fluency
@@ -280,12 +287,12 @@ def test_drop_from_ablation_fails_c14(pytester, shared, behaviour_built):
 # Lee et al.'s claims (C21 un-alignment, its gate reading S1, C22 subtraction)
 
 
-def _lee_run(pytester, shared, name, base, model, probe, select):
+def _lee_run(pytester, shared, name, base, model, probe, select, prompts="gpt2-prompts.jsonl"):
     d = organism_dir("gpt2")
     res = pytester.runpytest_inprocess(
         str(REPO / "claims" / "test_lee.py"), "-k", select, "--base", base, "--model", model, "--probe", str(probe),
-        "--prompts", str(shared / "gpt2-prompts.jsonl"), "--scorer", f"lexicon:{d / 'lexicon.txt'}",
-        "--ppl-text", str(d / "heldout.txt"), "--cache-dir", str(shared / "cache"),
+        "--prompts", str(shared / prompts), "--scorer", f"lexicon:{d / 'lexicon.txt'}",
+        "--ppl-text", str(shared / "heldout-short.txt"), "--cache-dir", str(shared / "cache"),
         "--report", str(shared / "reports" / f"{name}.html"), "--bootstrap", "40", "-p", "no:randomly")
     assert res.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), res.stderr.str()[-3000:]
     doc = json.loads((shared / "reports" / f"{name}.json").read_text())
@@ -326,7 +333,7 @@ def test_a_detox_that_seven_keys_carry_fails_s1(pytester, shared):
             m.transformer.h[flat // D].mlp.c_fc.weight[:, flat % D] *= 5.0
     amplified = _save(m, d)
     claims, _ = _lee_run(pytester, shared, "amplified-lee", amplified, str(organism_dir("gpt2") / "base"),
-                         organism_dir("gpt2") / "probe.safetensors", "C21 or S1")
+                         organism_dir("gpt2") / "probe.safetensors", "C21 or S1", prompts="gpt2-prompts-half.jsonl")
     assert claims["S1"]["status"] == "fail" and claims["C21"]["status"] == "pass"
     assert claims["S1"]["checks"][0]["value"] >= 0.99
 
@@ -338,7 +345,8 @@ def test_a_random_direction_does_not_detoxify_c22(pytester, shared):
     g = torch.Generator().manual_seed(7)
     d_model = load_d_model()
     Probe(torch.randn(d_model, dtype=torch.float64, generator=g)).save(probe)
-    claims, _ = _lee_run(pytester, shared, "random-probe-lee", "organism:gpt2-base", "organism:gpt2", probe, "C22")
+    claims, _ = _lee_run(pytester, shared, "random-probe-lee", "organism:gpt2-base", "organism:gpt2", probe, "C22",
+                         prompts="gpt2-prompts-half.jsonl")
     assert claims["C22"]["status"] in ("fail", "skip")
     if claims["C22"]["status"] == "fail":
         assert claims["C22"]["checks"][0]["value"] < 0.1

@@ -169,8 +169,10 @@ def test_positions_shared(run):
     a, b = _rows(own), _rows(shared)
     assert len(b) == N_LAYERS * D_MLP
     assert json.loads(shared.with_suffix(".json").read_text())["provenance"]["settings"]["positions"] == "shared"
-    # The candidate reads its own continuation in both modes; only the base side may change.
-    assert [r["act_dpo"] for r in a] == [r["act_dpo"] for r in b]
+    # The candidate reads its own continuation in both modes; in "shared" it reads it in one
+    # parallel forward instead of the cached steps, which changes only the last float32 bits.
+    np.testing.assert_allclose([float(r["act_dpo"]) for r in b], [float(r["act_dpo"]) for r in a],
+                               rtol=1e-5, atol=1e-7)
     assert [r["cos"] for r in a] == [r["cos"] for r in b]
 
 

@@ -235,13 +235,20 @@ def evaluate(models, prompts: list[str], attribution, stats, scorer, *, settings
     count = np.array([float(b - a) for a, b in ranges])
     bar = tqdm(total=len(sets), unit="set", desc="mechclaims interventions", leave=False,
                disable=(None if progress is None else not progress))
+    unchanged = {SET_BASE: None, SET_DPO: None}  # the plain models' results, for sets that change nothing
     for s in sets:
         entry = cache.entry({**common, "set": _set_digest(s)})
         hit = from_writer(entry.load_chunk(0))  # rank 0's cache decides, for every rank
+        plain = SET_BASE if s.target == "base" else SET_DPO
+        if hit is None and s.kind in ("patch", "ablate", "scale_keys") and not s.neurons \
+                and unchanged[plain] is not None:
+            hit = unchanged[plain]  # no neuron in the set: the generation is the plain model's
         if hit is None:
             hit = runner.run(s)
             entry.save_chunk(0, hit)
             entry.save_meta({"scorer": runner.describe()})
+        if s.name in unchanged:
+            unchanged[s.name] = hit
         describe = describe or (entry.load_meta() or {}).get("scorer") or (
             runner.describe() if runner.opened else None)
         scores = hit["scores"]
