@@ -90,18 +90,25 @@ def test_world_from_torchrun_environment(monkeypatch):
 # torchrun --nproc-per-node 2 against one process
 
 
+@pytest.fixture(scope="module")
+def shared_reference(inputs, tmp_path_factory):
+    """One process, "shared" positions: the CSV the data-parallel runs must reproduce."""
+    d = tmp_path_factory.mktemp("dist-ref")
+    ref = d / "ref.csv"
+    _run([sys.executable, *_neurons_cmd(inputs, ref, "shared"), "--no-cache"], _env(d), d)
+    assert json.loads(ref.with_suffix(".json").read_text())["provenance"]["parallel"]["world_size"] == 1
+    return ref
+
+
 @pytest.mark.slow
-def test_torchrun_neurons_csv_is_bit_identical_shared(inputs, tmp_path):
-    """"shared" positions (one generation, two parallel reads); "own" is checked with the
-    resume test below."""
-    positions = "shared"
-    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
-    _run([sys.executable, *_neurons_cmd(inputs, one, positions), "--no-cache"], _env(tmp_path), tmp_path)
-    _run([*TORCHRUN, *_neurons_cmd(inputs, two, positions), "--no-cache"], _env(tmp_path), tmp_path)
-    assert two.read_bytes() == one.read_bytes()
+def test_torchrun_neurons_csv_is_bit_identical(inputs, shared_reference, tmp_path):
+    """"shared" positions (one generation, two parallel reads) here; "own" positions through
+    claims.json below, whose every value is computed from the statistics and compared exactly."""
+    two = tmp_path / "two.csv"
+    _run([*TORCHRUN, *_neurons_cmd(inputs, two, "shared"), "--no-cache"], _env(tmp_path), tmp_path)
+    assert two.read_bytes() == shared_reference.read_bytes()
     side = json.loads(two.with_suffix(".json").read_text())["provenance"]["parallel"]
     assert side["world_size"] == 2 and side["backend"] == "gloo"
-    assert json.loads(one.with_suffix(".json").read_text())["provenance"]["parallel"]["world_size"] == 1
 
 
 @pytest.mark.slow
@@ -132,21 +139,18 @@ def test_torchrun_pytest_claims_json_is_identical(inputs, tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_own_is_bit_identical_and_a_rank_that_dies_resumes(inputs, tmp_path):
-    ref, fresh = tmp_path / "ref.csv", tmp_path / "fresh.csv"
-    _run([sys.executable, *_neurons_cmd(inputs, ref, "own"), "--no-cache"], _env(tmp_path), tmp_path)
-    _run([*TORCHRUN, *_neurons_cmd(inputs, fresh, "own"), "--no-cache"], _env(tmp_path), tmp_path)
-    assert fresh.read_bytes() == ref.read_bytes()
+def test_a_rank_that_dies_fails_the_run_and_the_rerun_resumes(inputs, shared_reference, tmp_path):
+    ref = shared_reference
     out = tmp_path / "two.csv"
     env = _env(tmp_path, **{distributed.FAULT_ENV: "1:3"})  # rank 1 exits before batch 3
-    proc = _run([*TORCHRUN, *_neurons_cmd(inputs, out, "own"), "--cache-dir", str(tmp_path / "c")],
+    proc = _run([*TORCHRUN, *_neurons_cmd(inputs, out, "shared"), "--cache-dir", str(tmp_path / "c")],
                 env, tmp_path, check=False)
     assert proc.returncode != 0 and not out.exists()
     assert "rank" in (proc.stdout + proc.stderr).lower() and "1" in proc.stderr  # torchrun names the rank
     chunks = list((tmp_path / "c").rglob("chunk-*.safetensors"))
     assert chunks  # batches 0-2 were merged and their finished chunks written by rank 0
     # rerun with another number of ranks (one): resumes from the finished chunks
-    _run([sys.executable, *_neurons_cmd(inputs, out, "own"), "--cache-dir", str(tmp_path / "c")],
+    _run([sys.executable, *_neurons_cmd(inputs, out, "shared"), "--cache-dir", str(tmp_path / "c")],
          _env(tmp_path), tmp_path)
     import csv
 
