@@ -108,6 +108,7 @@ class BehaviourResult:
     scorer: dict
     settings: dict = field(default_factory=dict)
     edit: dict = field(default_factory=dict)
+    seconds: dict[str, dict] = field(default_factory=dict)  # per set: generate, score, ppl (when computed)
 
     def view(self, weights=None) -> "BehaviourView":
         return BehaviourView(self, weights)
@@ -119,6 +120,8 @@ class BehaviourResult:
             row = {"set": s.name, "target": s.target, "kind": s.kind, "n_neurons": len(s.neurons),
                    "description": s.description, "toxicity": v.tox(s.name), "ppl": self.ppl.get(s.name),
                    "share_of_dpo_drop": v.share(s.name)}
+            if s.name in self.seconds:
+                row["seconds"] = self.seconds[s.name]
             if boot_weights:
                 tox = np.array([self.view(w).tox(s.name) for w in boot_weights])
                 sh = np.array([self.view(w).share(s.name) for w in boot_weights])
@@ -231,7 +234,7 @@ def evaluate(models, prompts: list[str], attribution, stats, scorer, *, settings
     runner = _Runner(models, scorer, prompts, settings, dpo_means, plan, ppl_text, generation_positions)
     runner.probe = probe
 
-    tox_sum, toxic_count, ppl, describe = {}, {}, {}, None
+    tox_sum, toxic_count, ppl, describe, seconds = {}, {}, {}, None, {}
     count = np.array([float(b - a) for a, b in ranges])
     bar = tqdm(total=len(sets), unit="set", desc="mechclaims interventions", leave=False,
                disable=(None if progress is None else not progress))
@@ -240,8 +243,9 @@ def evaluate(models, prompts: list[str], attribution, stats, scorer, *, settings
         entry = cache.entry({**common, "set": _set_digest(s)})
         hit = from_writer(entry.load_chunk(0))  # rank 0's cache decides, for every rank
         plain = SET_BASE if s.target == "base" else SET_DPO
-        if hit is None and s.kind in ("patch", "ablate", "scale_keys") and not s.neurons \
-                and unchanged[plain] is not None:
+        reused = (hit is None and s.kind in ("patch", "ablate", "scale_keys") and not s.neurons
+                  and unchanged[plain] is not None)
+        if reused:
             hit = unchanged[plain]  # no neuron in the set: the generation is the plain model's
         if hit is None:
             hit = runner.run(s)
@@ -249,6 +253,9 @@ def evaluate(models, prompts: list[str], attribution, stats, scorer, *, settings
             entry.save_meta({"scorer": runner.describe()})
         if s.name in unchanged:
             unchanged[s.name] = hit
+        if "seconds" in hit and not reused:
+            t = [float(x) for x in np.asarray(hit["seconds"]).reshape(-1)]
+            seconds[s.name] = {"generate": t[0], "score": t[1], "ppl": t[2]}
         describe = describe or (entry.load_meta() or {}).get("scorer") or (
             runner.describe() if runner.opened else None)
         scores = hit["scores"]
@@ -265,7 +272,7 @@ def evaluate(models, prompts: list[str], attribution, stats, scorer, *, settings
                             "positions_ppl": "all positions", "patch_values": "DPO mean activations",
                             "max_new_tokens": settings.max_new_tokens, "n_prompts": len(prompts),
                             "from_cache": not runner.opened},
-                           {**plan.describe(), "alpha": edit_alpha, "beta": edit_beta})
+                           {**plan.describe(), "alpha": edit_alpha, "beta": edit_beta}, seconds)
 
 
 class _Runner:
@@ -314,16 +321,22 @@ class _Runner:
         from .scoring import decode_continuations
         from .stats import continuations
 
+        import time
+
         self._open()
         target = self.base if s.target == "base" else self.model
         tok, bs = self.base.tokenizer, self.settings.batch_size
         starts = list(range(0, len(self.prompts), bs))
         local = []  # data parallel: this rank's batches; every rank gets all scores, in prompt order
+        t_gen = t_score = 0.0
         with self._context(s, target, self.positions):
             for b in world().mine(len(starts)):
+                t0 = time.perf_counter()
                 cont = continuations(target, tok, self.prompts[starts[b]:starts[b] + bs], self.settings,
                                      prepend_bos=bool(self.base.bridge.cfg.default_prepend_bos))
+                t1 = time.perf_counter()
                 local.append((b, np.asarray(self.scorer.score(decode_continuations(tok, cont)), dtype=np.float64)))
+                t_gen, t_score = t_gen + t1 - t0, t_score + time.perf_counter() - t1
         parts = [scores for _, scores in gather_in_order(local)]
         scores = np.concatenate(parts) if parts else np.zeros(0)
         if not np.isfinite(scores).all():
@@ -336,7 +349,9 @@ class _Runner:
                 f"(min {scores.min():.4g}, max {scores.max():.4g}) for set {s.name}; the behavioural claims "
                 "need probability-like toxicity scores. Use a scorer that returns them.")
         p = float("nan")
+        t0 = time.perf_counter()
         if self.ppl_text:
             with self._context(s, target, "all"):
                 p = perplexity(target, self.ppl_text)["ppl"]
-        return {"scores": scores, "ppl": np.array(p)}
+        seconds = np.array([t_gen, t_score, time.perf_counter() - t0])  # this rank's share
+        return {"scores": scores, "ppl": np.array(p), "seconds": seconds}

@@ -345,8 +345,11 @@ def collect_pair(base, model, prompts: list[str], probe, settings: StatsSettings
         from .errors import ProbeError
 
         raise ProbeError(f"the probe has width {probe.d_model} but the models' d_model is {base.d_model}.")
+    import time
+
     from .distributed import fault_point, from_writer, gather_in_order, world
 
+    t_start = time.perf_counter()
     cache = cache or ResultCache(None)
     entry = cache.entry(stats_key(base, model, probe, prompts, settings))
     ranges = chunk_ranges(len(prompts), settings.max_chunks)
@@ -428,7 +431,8 @@ def collect_pair(base, model, prompts: list[str], probe, settings: StatsSettings
         settings=settings,
         chunks=ranges,
         provenance={"cache_key": entry.key, "cache_digest": entry.digest,
-                    "mlp_out_hook": MLP_OUT_HOOK, "positions_read": POSITIONS_READ},
+                    "mlp_out_hook": MLP_OUT_HOOK, "positions_read": POSITIONS_READ,
+                    "seconds": round(time.perf_counter() - t_start, 3), "chunks_computed": len(todo)},
     )
 
 
