@@ -102,7 +102,13 @@ def run_dtype(dirs, dtype: str, device: str, prompts, batch_size: int, rounds: i
                     out[k].append(g[:, b.tokens.shape[1]:].cpu())
         return [torch.cat(o).numpy() for o in out]
 
+    def mech_shared():  # one generation, both models read it in one parallel forward each
+        return collect_pair(base, model, prompts, probe,
+                            StatsSettings(positions="shared", max_new_tokens=T, batch_size=batch_size),
+                            progress=False)
+
     pass_t, stats = _timed(mech, device, rounds)
+    shared_t, _ = _timed(mech_shared, device, rounds)
     gen_t, conts = _timed(generate, device, rounds)
     agree = [float((s.continuations == c).all(axis=1).mean()) for s, c in ((stats.base, conts[0]),
                                                                              (stats.model, conts[1]))]
@@ -115,7 +121,8 @@ def run_dtype(dirs, dtype: str, device: str, prompts, batch_size: int, rounds: i
     n_params = sum(p.numel() for p in hf[0].parameters())
     weight_bytes = sum(p.numel() * p.element_size() for p in hf[0].parameters())
     res = {
-        "pass_s": pass_t, "generate_s": gen_t,
+        "pass_s": pass_t, "shared_pass_s": shared_t, "generate_s": gen_t,
+        "shared_over_own_median": shared_t["median"] / pass_t["median"],
         "ratio_min": pass_t["min"] / gen_t["min"], "ratio_median": pass_t["median"] / gen_t["median"],
         "continuations_equal_to_generate": {"base": agree[0], "model": agree[1]},
         "decode_step_batch1_ms": 1e3 * step_s,
