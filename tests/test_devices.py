@@ -75,3 +75,26 @@ def test_row_shape_of_a_loaded_model():
     assert shape == RowShape(n_layers=2, d_model=32, d_mlp=96, n_heads=4, kv_width=16, d_vocab=320, dtype_bytes=2)
     cfg.n_key_value_heads = None  # no grouped-query attention: every head has its K and V
     assert RowShape.of(SimpleNamespace(cfg=cfg, dtype="float32")).kv_width == 32
+
+
+def test_batch_size_unset_is_auto_on_cuda_and_32_on_cpu(gpt2_pair, monkeypatch):
+    """The run's rule, end to end: no batch size given -> 32 on a CPU; on CUDA the statistics
+    pass and the intervention sets take resolve_batch_size's choice (free memory faked here)."""
+    import torch
+
+    from mechclaims.analysis import _auto_batch
+    from mechclaims.config import build_config
+    from mechclaims.errors import ConfigError
+    from mechclaims.loading import load_model
+    from mechclaims.stats import StatsSettings
+
+    assert build_config({}).batch_size is None
+    assert build_config({"batch_size": "auto"}).batch_size is None
+    assert build_config({"batch_size": "8"}).batch_size == 8
+    with pytest.raises(ConfigError, match="batch_size"):
+        build_config({"batch_size": "0"})
+    base = load_model(str(gpt2_pair[0]), memo=False)
+    assert _auto_batch(StatsSettings(), base, "cpu").batch_size == 32
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 << 30, 1 << 34))
+    want = auto_batch_size(1 << 30, row_bytes(RowShape.of(base), 33, 20))
+    assert _auto_batch(StatsSettings(), base, "cuda").batch_size == want

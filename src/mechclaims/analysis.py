@@ -62,7 +62,8 @@ def _weights_key(base: Source, model: Source, probe_sha: str, dtype: str, device
 def analyze(base_source: "str | Source", model_source: "str | Source", probe: str | Path | Probe,
             prompts: str | Path | list[str], settings: StatsSettings = StatsSettings(), *, device: str = "cpu",
             dtype: str = "float32", cache_dir: str | Path | None | bool = True, progress: bool | None = None,
-            top_k: int = 128, check_parity: bool = False, device_map: str | dict | None = None) -> NeuronAnalysis:
+            top_k: int = 128, check_parity: bool = False, device_map: str | dict | None = None,
+            auto_batch_size: bool = False) -> NeuronAnalysis:
     """Statistics, weight terms, attribution and summary for a pair.
 
     Sources are ``Source`` records (a claim run passes its ``RunSpec``'s) or strings, resolved
@@ -91,6 +92,8 @@ def analyze(base_source: "str | Source", model_source: "str | Source", probe: st
         model = load_model(model_src, device=device, dtype=dtype, memo=False, device_map=device_map)
         base_src, model_src = base.record, model.record  # a hub id fetched just now is hashed now
         check_pair(base, model)
+        if auto_batch_size:  # from free memory once both models are on the device; rank 0's for all
+            settings = _auto_batch(settings, base, device)
         probe_obj = probe if isinstance(probe, Probe) else load_probe(probe, d_model=base.d_model)
         if check_parity:
             from .loading import parity_check
@@ -133,6 +136,17 @@ def analyze(base_source: "str | Source", model_source: "str | Source", probe: st
 # bits of a sum can differ between runs that differ only in these (measured: <= 1.4e-8 relative).
 BIT_STABILITY = ("float64 sums are identical for identical settings, whatever the number of data-parallel "
                  "ranks; batch size and resumed chunks can change the last bits (<= 1.4e-8 relative)")
+
+
+def _auto_batch(settings: StatsSettings, base, device: str) -> StatsSettings:
+    """``settings`` with the batch size ``devices.resolve_batch_size`` picks (rank 0's)."""
+    from dataclasses import replace
+
+    from .devices import RowShape, resolve_batch_size
+    from .distributed import from_writer
+
+    bs = resolve_batch_size(None, device, RowShape.of(base), settings.max_prompt_tokens + 1, settings.max_new_tokens)
+    return replace(settings, batch_size=int(from_writer(bs)))
 
 
 def _from_cache(cache, base: Source, model: Source, probe, prompts, settings, dtype, device):

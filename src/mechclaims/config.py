@@ -50,7 +50,9 @@ class ClaimsConfig:
     # object of module -> device); "" = the whole model on ``device``. Canonical string form.
     device_map: str = ""
     dtype: str = "float32"
-    batch_size: int = 32
+    # None: 32 on a CPU; on CUDA, chosen from free memory once the models are loaded
+    # (``devices.resolve_batch_size``). Batch size never changes a result beyond the last bits.
+    batch_size: int | None = None
     cache_dir: str | None = None
     report: str = "reports/claims.html"
     strict: bool = False
@@ -92,6 +94,13 @@ def _coerce(name: str, value, origin: str):
                           f"{sorted(_FIELDS)}.")
     default = getattr(ClaimsConfig(), name)
     if name in _TABLES:
+        return value
+    if name == "batch_size":
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+            return None
+        value = _integer(name, value, origin)
+        if value < 1:
+            raise ConfigError(f"setting batch_size in {origin} must be at least 1 (or \"auto\"), got {value}.")
         return value
     if name == "device_map":
         try:

@@ -45,9 +45,16 @@ class RunSpec:
     def settings(self):
         from .stats import StatsSettings
 
+        from .devices import DEFAULT_CPU_BATCH
+
         c = self.config
         return StatsSettings(positions=c.positions, max_new_tokens=c.max_new_tokens,
-                             max_prompt_tokens=c.max_prompt_tokens, batch_size=c.batch_size)
+                             max_prompt_tokens=c.max_prompt_tokens, batch_size=c.batch_size or DEFAULT_CPU_BATCH)
+
+    @property
+    def auto_batch(self) -> bool:
+        """No batch size given and a CUDA device: the batch is chosen from free memory."""
+        return self.config.batch_size is None and str(self.config.device).startswith("cuda")
 
     @property
     def json_report(self) -> Path:

@@ -203,7 +203,8 @@ class ClaimSuite:
         run, cfg = self.run, self.config
         return analyze(run.base, model, run.probe, list(run.prompts), run.settings, device=cfg.device,
                        dtype=cfg.dtype, cache_dir=run.cache_dir, progress=progress, top_k=cfg.top_k,
-                       device_map=parse_device_map(cfg.device_map) if cfg.device_map else None)
+                       device_map=parse_device_map(cfg.device_map) if cfg.device_map else None,
+                       auto_batch_size=run.auto_batch)
 
     def _context(self) -> ClaimContext:
         a = self.analysis.attribution
@@ -224,7 +225,7 @@ class ClaimSuite:
         ppl_text = _read_text(run.ppl_text) if run.ppl_text else None
         return evaluate(an.open_models, list(run.prompts), an.attribution, an.stats,
                         lambda base: make_scorer(run.scorer, base=base, probe=run.probe), key=key,
-                        settings=run.settings, ppl_text=ppl_text, cache=ResultCache(run.cache_dir),
+                        settings=_batch_of(run.settings, an), ppl_text=ppl_text, cache=ResultCache(run.cache_dir),
                         edit_alpha=cfg.edit_alpha, edit_beta=cfg.edit_beta, progress=progress,
                         patch_positions=cfg.patch_positions, probe=run.probe, kinds=self._kinds())
 
@@ -380,3 +381,10 @@ def _read_text(path: str) -> str:
 
     return load_text(path)
 
+
+def _batch_of(settings, analysis):
+    """The run's settings with the batch size the analysis used (chosen from free memory on a
+    CUDA device when none was given): the intervention sets generate in the same batches."""
+    from dataclasses import replace
+
+    return replace(settings, batch_size=int(analysis.provenance["settings"]["batch_size"]))
