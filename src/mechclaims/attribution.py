@@ -59,13 +59,19 @@ def _model_terms(model, w_hat):
     (a stacked float64 W_out of a 7B model would not fit in memory)."""
     import torch
 
-    w = w_hat.to(model.device, torch.float64)
-    vw, norms = [], []
-    for block in model.bridge.blocks:
-        W = block.mlp.W_out.detach().to(torch.float64)  # [d_mlp, d_model]
+    vw, norms, bw = [], [], []
+    b_out = None
+    for layer, block in enumerate(model.bridge.blocks):
+        W = block.mlp.W_out.detach().to(torch.float64)  # [d_mlp, d_model], on this layer's device
+        w = w_hat.to(W.device, torch.float64)            # (a device map puts layers on several)
         vw.append((W @ w).cpu())
         norms.append(W.norm(dim=-1).cpu())
-    bw = (model.b_out().detach().to(model.device, torch.float64) @ w).cpu()
+        b = getattr(block.mlp, "b_out", None)
+        if b is None:
+            b_out = model.b_out() if b_out is None else b_out  # bias-free MLPs: zeros
+            b = b_out[layer]
+        bw.append((b.detach().to(w.device, torch.float64) @ w).cpu())
+    bw = torch.stack(bw)
     return torch.stack(vw).numpy(), torch.stack(norms).numpy(), bw.numpy()
 
 
