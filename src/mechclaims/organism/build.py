@@ -666,6 +666,7 @@ def build(out: str | Path, cfg: BuildConfig, log=print) -> dict:
     threshold = _best_threshold(proj, np.asarray(labels))
     probe.metadata["threshold"] = threshold
     probe.metadata["organism"] = cfg.arch
+    probe.metadata["model_source"] = f"organism:{cfg.arch}-base"  # not the build directory: same bytes anywhere
     probe.save(out / "probe.safetensors")
     ev_texts, ev_labels = make_probe_texts(cfg.seeds["probe_eval"], cfg.n_probe_eval)
     write_jsonl(out / "probe_eval.jsonl", [{"text": t, "label": y} for t, y in zip(ev_texts, ev_labels)])
