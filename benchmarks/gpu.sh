@@ -3,7 +3,7 @@
 # seeded random weights), bf16 and fp32; figures as JSON in $1 (default benchmarks/gpu-results.json).
 #
 #   bash benchmarks/gpu.sh                      # from the repository root, in its environment
-#   bash benchmarks/gpu.sh /tmp/gpu.json
+#   bash benchmarks/gpu.sh results/gpu.json
 #
 # Environment: PYTHON (default python), MECHCLAIMS_GPU_ROUNDS (5), MECHCLAIMS_GPU_PROMPTS (64),
 # MECHCLAIMS_GPU_BATCH (32), MECHCLAIMS_GPU_DEVICE (cuda). Nothing is downloaded.
