@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# The statistics pass against plain HF generate on a CUDA GPU, GPT-2 medium shape (355M,
-# seeded random weights), bf16 and fp32; figures as JSON in $1 (default benchmarks/gpu-results.json).
+# On a CUDA GPU: the statistics pass against plain HF generate, GPT-2 medium shape (355M, seeded
+# random weights), bf16 and fp32, at 64 prompts and at the paper's 1,199 (gpu_bench.py); then the
+# whole claim suite (gpu_suite.py): the organism in own and shared positions, the 355M pair, and a
+# GPU + CPU device map. Figures as JSON in $1 (default benchmarks/gpu-results.json) and beside it,
+# *-suite.json.
 #
 #   bash benchmarks/gpu.sh                      # from the repository root, in its environment
 #   bash benchmarks/gpu.sh results/gpu.json
 #
 # Environment: PYTHON (default python), MECHCLAIMS_GPU_ROUNDS (5), MECHCLAIMS_GPU_PROMPTS (64),
-# MECHCLAIMS_GPU_BATCH (32), MECHCLAIMS_GPU_DEVICE (cuda). Nothing is downloaded.
+# MECHCLAIMS_GPU_BATCH (32), MECHCLAIMS_GPU_DTYPES (bfloat16,float32), MECHCLAIMS_GPU_DEVICE (cuda), MECHCLAIMS_GPU_PROTOCOL (1199; 0 skips),
+# MECHCLAIMS_GPU_SUITE (organism,medium,device_map; empty skips the suite), MECHCLAIMS_GPU_CPU_REF (a
+# folder with a CPU run's own/claims.json and shared/claims.json to compare with),
+# MECHCLAIMS_GPU_SUITE_TIMEOUT (400 s per pytest run). Nothing is downloaded.
 # On a machine without CUDA it prints a message and exits 0.
 set -euo pipefail
 
@@ -32,6 +38,11 @@ fi
 
 cd "$root"
 "$py" -c 'import torch; print("benchmarks/gpu.sh:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| CUDA", torch.version.cuda)'
-exec "$py" "$here/gpu_bench.py" --out "$out" --device "$device" --shape medium --dtypes bfloat16,float32 \
+"$py" "$here/gpu_bench.py" --out "$out" --device "$device" --shape medium --dtypes "${MECHCLAIMS_GPU_DTYPES:-bfloat16,float32}" \
     --rounds "${MECHCLAIMS_GPU_ROUNDS:-5}" --prompts "${MECHCLAIMS_GPU_PROMPTS:-64}" \
-    --batch-size "${MECHCLAIMS_GPU_BATCH:-32}"
+    --batch-size "${MECHCLAIMS_GPU_BATCH:-32}" --protocol-prompts "${MECHCLAIMS_GPU_PROTOCOL:-1199}"
+suite="${MECHCLAIMS_GPU_SUITE-organism,medium,device_map}"
+if [ -n "$suite" ]; then
+    "$py" "$here/gpu_suite.py" --out "${out%.json}-suite.json" --device "$device" --parts "$suite" \
+        --cpu-reference "${MECHCLAIMS_GPU_CPU_REF:-}" --timeout "${MECHCLAIMS_GPU_SUITE_TIMEOUT:-400}"
+fi

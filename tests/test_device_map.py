@@ -79,6 +79,28 @@ def test_split_load_gives_the_unsplit_statistics(gpt2_dirs, probe, unsplit, plac
     _assert_same_stats(got, unsplit)
 
 
+def test_a_device_mapped_rerun_is_read_from_the_cache(gpt2_dirs, probe, unsplit, tmp_path):
+    """The cache keys record the map as given (``devices.placement_key``), so a rerun under the
+    same map loads no model, and a run without it does not take the mapped run's numbers."""
+    import json
+
+    from mechclaims.analysis import analyze
+    from mechclaims.attribution import WeightTerms
+
+    run = dict(cache_dir=tmp_path, device_map=json.dumps(DISK_H1), progress=False)
+    first = analyze(*gpt2_dirs, probe, list(tiny.PROMPTS), SETTINGS, **run)
+    again = analyze(*gpt2_dirs, probe, list(tiny.PROMPTS), SETTINGS, **run)
+    assert not first.provenance["from_cache"] and again.provenance["from_cache"] and again.base is None
+    key = again.provenance["statistics"]["cache_key"]
+    assert key["device_type"] == "map" and json.loads(key["device_map"]) == DISK_H1
+    _assert_same_stats(again.stats, unsplit)
+    plain = analyze(*gpt2_dirs, probe, list(tiny.PROMPTS), SETTINGS, cache_dir=tmp_path, progress=False)
+    assert not plain.provenance["from_cache"] and plain.provenance["statistics"]["cache_key"]["device_type"] == "cpu"
+    # The weight terms of the offloaded block were read while Accelerate had it loaded.
+    for name in WeightTerms.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(first.weights, name), getattr(plain.weights, name), err_msg=name)
+
+
 def test_json_device_map_string_is_read(gpt2_dirs):
     import json
 
@@ -152,3 +174,36 @@ def test_pytest_option_is_declared():
     from mechclaims.plugin import _OPTIONS
 
     assert ("--device-map", "device_map") in {(flag, dest) for flag, dest, _ in _OPTIONS}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_weight_terms_of_an_offloaded_block(arch, tmp_path, probe):
+    """Conv1D (GPT-2, ``[in, out]``) and Linear (``[out, in]``) output projections read while
+    offloaded to disk give the weight terms of the model loaded whole, bit for bit."""
+    from mechclaims.attribution import WeightTerms, weight_terms
+
+    tok = tiny.make_tokenizer(tmp_path / "tok")
+    dirs = [str(d) for d in tiny.make_pair(tmp_path / arch, arch, tok)]
+    plain = weight_terms(*load_pair(*dirs), probe)
+    names = {"gpt2": "transformer.h.1", "llama": "model.layers.1"}[arch]
+    split = {m: "cpu" for m in _top_modules(dirs[0])}
+    split[names] = "disk"
+    base, model = load_pair(*dirs, device_map=split, offload_folder=str(tmp_path / "off"))
+    from mechclaims.loading import is_offloaded
+
+    assert is_offloaded(base.stat_modules[1][1]) and not is_offloaded(base.stat_modules[0][1])
+    got = weight_terms(base, model, probe)
+    for name in WeightTerms.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(got, name), getattr(plain, name), err_msg=name)
+
+
+def _top_modules(directory: str) -> list[str]:
+    """The modules a device map must name for a tiny model: embeddings, each block, the rest."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(directory)
+    if cfg.model_type == "gpt2":
+        return ["transformer.wte", "transformer.wpe", *(f"transformer.h.{i}" for i in range(cfg.n_layer)),
+                "transformer.ln_f", "lm_head"]
+    return ["model.embed_tokens", *(f"model.layers.{i}" for i in range(cfg.num_hidden_layers)), "model.norm",
+            "model.rotary_emb", "lm_head"]

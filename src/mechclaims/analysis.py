@@ -16,6 +16,7 @@ import numpy as np
 from .attribution import Attribution, WeightTerms, attribute, summarize, weight_terms
 from .cache import ResultCache, default_cache_dir
 from .choices import MLP_OUT_HOOK, POSITIONS_READ
+from .devices import placement_key
 from .loading import WEIGHT_PROCESSING, check_pair, load_model
 from .probe import Probe, load_probe, probe_summary
 from .prompts import prompts_sha256, read_prompts
@@ -52,11 +53,12 @@ class NeuronAnalysis:
 WEIGHTS_VERSION = 3
 
 
-def _weights_key(base: Source, model: Source, probe_sha: str, dtype: str, device: str) -> dict:
-    # Every setting that changes a number: the weight terms are computed in the model's dtype.
+def _weights_key(base: Source, model: Source, probe_sha: str, dtype: str, device: str, device_map=None) -> dict:
+    # Every setting that changes a number: the weight terms are computed in the model's dtype,
+    # on each layer's device.
     return {"kind": "weight-terms", "version": WEIGHTS_VERSION, "base_sha256": base.sha256,
             "model_sha256": model.sha256, "probe_sha256": probe_sha, "dtype": dtype,
-            "device_type": str(device).split(":")[0]}
+            **placement_key(device, device_map)}
 
 
 def analyze(base_source: "str | Source", model_source: "str | Source", probe: str | Path | Probe,
@@ -82,8 +84,9 @@ def analyze(base_source: "str | Source", model_source: "str | Source", probe: st
     stats = wt = gated = described = None
     if cache.enabled:  # rank 0's cache decides, for every rank
         stats, wt, gated, described = from_writer((
-            *_from_cache(cache, base_src, model_src, probe_obj, prompt_list, settings, dtype, device),
-            cache.entry(_weights_key(base_src, model_src, probe_obj.sha256, dtype, device)).load_meta()))
+            *_from_cache(cache, base_src, model_src, probe_obj, prompt_list, settings, dtype, device,
+                        device_map),
+            cache.entry(_weights_key(base_src, model_src, probe_obj.sha256, dtype, device, device_map)).load_meta()))
 
     base = model = None
     parity = None
@@ -103,7 +106,7 @@ def analyze(base_source: "str | Source", model_source: "str | Source", probe: st
         wt = weight_terms(base, model, probe_obj)
         gated = base.gated
         if cache.enabled:
-            entry = cache.entry(_weights_key(base_src, model_src, probe_obj.sha256, dtype, device))
+            entry = cache.entry(_weights_key(base_src, model_src, probe_obj.sha256, dtype, device, device_map))
             _save_weights(entry, wt, gated)
             entry.save_meta({"base": base.describe(), "model": model.describe()})
 
@@ -149,13 +152,13 @@ def _auto_batch(settings: StatsSettings, base, device: str) -> StatsSettings:
     return replace(settings, batch_size=int(from_writer(bs)))
 
 
-def _from_cache(cache, base: Source, model: Source, probe, prompts, settings, dtype, device):
-    entry = cache.entry(_weights_key(base, model, probe.sha256, dtype, device))
+def _from_cache(cache, base: Source, model: Source, probe, prompts, settings, dtype, device, device_map=None):
+    entry = cache.entry(_weights_key(base, model, probe.sha256, dtype, device, device_map))
     w = entry.load_chunk(0)
     if w is None:
         return None, None, None
-    key = stats_key(_Hashed(base.sha256, dtype, device), _Hashed(model.sha256, dtype, device), probe, prompts,
-                    settings)
+    key = stats_key(_Hashed(base.sha256, dtype, device, device_map), _Hashed(model.sha256, dtype, device, device_map),
+                    probe, prompts, settings)
     sentry = cache.entry(key)
     ranges = chunk_ranges(len(prompts), settings.max_chunks)
     chunks = [sentry.load_chunk(k) for k in range(len(ranges))]
@@ -171,8 +174,11 @@ def _from_cache(cache, base: Source, model: Source, probe, prompts, settings, dt
 class _Hashed:
     """What ``stats_key`` reads of a model, before any model is loaded."""
 
-    def __init__(self, sha256, dtype, device):
+    def __init__(self, sha256, dtype, device, device_map=None):
+        from .devices import device_map_text, parse_device_map
+
         self.sha256, self.dtype, self.device = sha256, dtype, device
+        self.device_map = device_map_text(parse_device_map(device_map or None))  # as LoadedModel has it
 
 
 def _save_weights(entry, wt: WeightTerms, gated: bool) -> None:

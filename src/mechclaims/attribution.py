@@ -56,23 +56,46 @@ class WeightTerms:
 
 def _model_terms(model, w_hat):
     """(v . w_hat, ||v||, b_out . w_hat) for one LoadedModel, one layer at a time in float64
-    (a stacked float64 W_out of a 7B model would not fit in memory)."""
+    (a stacked float64 W_out of a 7B model would not fit in memory), each on its layer's device
+    (a device map puts layers on several)."""
     import torch
 
+    from .loading import is_offloaded
+
     vw, norms, bw = [], [], []
-    b_out = None
     for layer, block in enumerate(model.bridge.blocks):
-        W = block.mlp.W_out.detach().to(torch.float64)  # [d_mlp, d_model], on this layer's device
-        w = w_hat.to(W.device, torch.float64)            # (a device map puts layers on several)
+        proj = model.stat_modules[layer][1]
+        if is_offloaded(proj):  # weights on disk/CPU until a forward: read them as one does
+            W, b = _offloaded_w_out(proj)
+        else:
+            W = block.mlp.W_out.detach()  # [d_mlp, d_model]
+            b = getattr(block.mlp, "b_out", None)
+            if b is None:  # bias-free MLPs (Llama, Mistral, Gemma): zeros
+                b = torch.zeros(W.shape[1], dtype=torch.float64, device=W.device)
+        W = W.to(torch.float64)
+        w = w_hat.to(W.device, torch.float64)
         vw.append((W @ w).cpu())
         norms.append(W.norm(dim=-1).cpu())
-        b = getattr(block.mlp, "b_out", None)
-        if b is None:
-            b_out = model.b_out() if b_out is None else b_out  # bias-free MLPs: zeros
-            b = b_out[layer]
         bw.append((b.detach().to(w.device, torch.float64) @ w).cpu())
     bw = torch.stack(bw)
     return torch.stack(vw).numpy(), torch.stack(norms).numpy(), bw.numpy()
+
+
+def _offloaded_w_out(proj):
+    """``(W_out [d_mlp, d_model], b_out [d_model])`` of an offloaded MLP output projection,
+    copied out while Accelerate has the weights loaded (GPT-2's Conv1D stores ``[in, out]``, a
+    Linear ``[out, in]``)."""
+    import torch
+
+    from .loading import materialized
+
+    with materialized(proj):
+        weight = proj.weight.detach()
+        W = (weight if type(proj).__name__ == "Conv1D" else weight.T).to(torch.float64, copy=True)
+        bias = getattr(proj, "bias", None)
+        b = (torch.zeros(W.shape[1], dtype=torch.float64, device=W.device) if bias is None
+             else bias.detach().to(torch.float64, copy=True))
+    return W, b
 
 
 def weight_terms(base, model, probe) -> WeightTerms:

@@ -102,6 +102,18 @@ def device_map_text(device_map: str | Mapping | None) -> str:
     return json.dumps(dict(device_map), sort_keys=True)
 
 
+def placement_key(device: str, device_map=None) -> dict:
+    """Where a model ran, as cache keys record it, computable before any model is loaded.
+
+    Without a map: the device type (``cuda:0`` and ``cuda:3`` run the same kernels). With one:
+    ``device_type: "map"`` plus the map as given, canonical (a strategy such as ``auto`` is
+    keyed by its name: a layer computes the same on any GPU of one type, so only a placement
+    that moves layers between device types, GPU or CPU, can change the last bits of a sum).
+    """
+    text = device_map_text(parse_device_map(device_map or None))
+    return {"device_type": "map", "device_map": text} if text else {"device_type": str(device).split(":")[0]}
+
+
 # --------------------------------------------------------------------------------------------
 # Automatic batch size
 

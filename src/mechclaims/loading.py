@@ -237,6 +237,27 @@ def input_device(hf) -> str:
     return str(dev)
 
 
+def is_offloaded(module) -> bool:
+    """True when Accelerate offloaded ``module``'s own weights (they sit on the meta device and
+    its hook loads them for each forward)."""
+    return any(p.device.type == "meta" for p in module.parameters(recurse=False))
+
+
+@contextlib.contextmanager
+def materialized(module):
+    """``module``'s own weights readable inside the block, also when they are offloaded: its
+    Accelerate hook loads them as for a forward and puts them back afterwards."""
+    hook = getattr(module, "_hf_hook", None)
+    if hook is None or not is_offloaded(module):
+        yield module
+        return
+    hook.pre_forward(module)
+    try:
+        yield module
+    finally:
+        hook.post_forward(module, None)
+
+
 @contextlib.contextmanager
 def _hf_load_errors(spec: Source):
     """Turn transformers' errors for a ``dir``/``hub`` source into ModelSourceError types."""

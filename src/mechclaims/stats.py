@@ -44,10 +44,12 @@ from functools import partial
 import numpy as np
 
 from .choices import MLP_OUT_HOOK, POSITION_MODES, POSITIONS_READ
+from .devices import placement_key
 from .errors import ConfigError, NumericalError
 from .prompts import TokenBatch, encode_prompts, pad_left, prompts_sha256
 
-STATS_VERSION = 3  # 3: per-batch float64 partials merged in batch order (data parallel)
+STATS_VERSION = 4  # 3: per-batch float64 partials merged in batch order (data parallel); 4: per-row
+# partials, projections once per batch (summation order changed in the last bits)
 
 
 @dataclass(frozen=True)
@@ -128,11 +130,20 @@ class _Accumulator:
       (``hook_post @ W_out + b_out``);
     - forward hook of the block: its output is ``blocks.{l}.hook_resid_post``.
 
-    Each batch fills its own float64 partial sums (one row per chunk slot the batch touches,
-    ``begin``), which ``commit`` then adds into the per-chunk sums. Merging per batch, in batch
-    order, is what makes a data-parallel run (``mechclaims.distributed``: batches computed on
-    several ranks, partials merged everywhere in batch order) bit-identical to one process.
-    ``sel`` picks the positions read.
+    Each batch fills its own float64 partial sums, one row per batch row (``begin``): on a
+    decode step every hook is one in-place add of the position it reads (``buf += x[:, -1]``,
+    cast to float64 inside the add), because a decode step is launch-bound on a GPU and every
+    extra kernel per layer shows. The MLP output and the residual stream are summed whole
+    (``d_model`` wide) and projected on ``w_hat`` once per batch, in ``take``, which also adds
+    the rows of each chunk slot together (a deterministic segment sum, no atomics). ``commit``
+    then adds a batch's partials into the per-chunk sums. Merging per batch, in batch order, is
+    what makes a data-parallel run (``mechclaims.distributed``: batches computed on several
+    ranks, partials merged everywhere in batch order) bit-identical to one process. ``sel``
+    picks the positions read.
+
+    Under a device map (layers on several devices) each layer's partials live on the device its
+    activations are on, so a decode step copies nothing between devices; ``take`` gathers them
+    onto the first device once per batch.
     """
 
     def __init__(self, model, n_slots: int, w_hat):
@@ -141,14 +152,14 @@ class _Accumulator:
         from .loading import input_device
 
         dev = torch.device(input_device(model.hf_model))  # a split model's first device
-        self.L, self.D = model.n_layers, model.d_mlp
+        self.L, self.D, self.d_model = model.n_layers, model.d_mlp, model.d_model
         self.act = torch.zeros(n_slots, self.L, self.D, dtype=torch.float64, device=dev)
         self.mlp_proj = torch.zeros(n_slots, self.L, dtype=torch.float64, device=dev)
         self.resid_proj = torch.zeros(n_slots, self.L, dtype=torch.float64, device=dev)
         self.count = torch.zeros(n_slots, dtype=torch.float64, device=dev)
         self.w_hat = w_hat.to(device=dev, dtype=torch.float64)
-        self.rows = None   # batch row -> row of the batch's partials
-        self.slots = None  # row of the partials -> chunk slot
+        self.rows = None   # batch row -> row of the batch's per-slot partials (on the first device)
+        self.slots = None  # row of the per-slot partials -> chunk slot
         self.part = None
         self.sel = slice(-1, None)
         self._modules = model.stat_modules
@@ -158,18 +169,55 @@ class _Accumulator:
         """Start a batch whose rows add into the chunk slots ``row_slots`` (a 1-D tensor)."""
         import torch
 
+        row_slots = row_slots.cpu()
         slots, rows = torch.unique(row_slots, sorted=True, return_inverse=True)
         dev = self.act.device
         self.slots, self.rows = slots.to(dev), rows.to(dev)
-        m = len(slots)
-        self.part = {"act": torch.zeros(m, self.L, self.D, dtype=torch.float64, device=dev),
-                     "mlp_proj": torch.zeros(m, self.L, dtype=torch.float64, device=dev),
-                     "resid_proj": torch.zeros(m, self.L, dtype=torch.float64, device=dev),
-                     "count": torch.zeros(m, dtype=torch.float64, device=dev)}
+        # The segment sum in ``take``: rows grouped by slot (stable, so each slot's rows add in
+        # batch order), then split into runs of known length: no device sync, no atomics.
+        order = torch.argsort(rows, stable=True)
+        self._order = None if bool((order == torch.arange(len(rows))).all()) else order.to(dev)
+        self._runs = torch.bincount(rows, minlength=len(slots)).tolist()
+        self._n = len(row_slots)
+        # Per layer, [batch, width], allocated on first use on the device the layer's activations are on.
+        self.part = {"act": [None] * self.L, "mlp_out": [None] * self.L, "resid_post": [None] * self.L,
+                     "count": torch.zeros(len(slots), dtype=torch.float64, device=dev)}
+
+    def _add(self, name: str, layer: int, x) -> None:
+        import torch
+
+        buf = self.part[name][layer]
+        if buf is None:
+            buf = self.part[name][layer] = torch.zeros(self._n, x.shape[-1], dtype=torch.float64, device=x.device)
+        if self.sel == slice(-1, None):  # decoding: one position, one kernel
+            buf.add_(x[:, -1])
+        else:
+            buf.add_(x[:, self.sel].sum(dim=1, dtype=torch.float64))
+
+    def _stacked(self, name: str, width: int):
+        """``[batch, L, width]`` float64 on the first device (zeros for a layer that never ran)."""
+        import torch
+
+        dev = self.act.device
+        return torch.stack([torch.zeros(self._n, width, dtype=torch.float64, device=dev) if b is None
+                            else b.to(dev) for b in self.part[name]], dim=1)
+
+    def _by_slot(self, x):
+        """Per-row sums ``[batch, ...]`` -> per-slot sums ``[slots, ...]``, rows in batch order."""
+        import torch
+
+        if self._order is not None:
+            x = x.index_select(0, self._order)
+        return torch.stack([run.sum(dim=0) for run in torch.split(x, self._runs)])
 
     def take(self, portable: bool = False) -> dict:
-        """This batch's partial sums (on the CPU when ``portable``, to send to other ranks)."""
-        part = {"slots": self.slots, **self.part}
+        """This batch's partial sums per chunk slot, on the first device (on the CPU when
+        ``portable``, to send to other ranks)."""
+        act = self._stacked("act", self.D)
+        mlp = self._stacked("mlp_out", self.d_model) @ self.w_hat      # [batch, L]
+        resid = self._stacked("resid_post", self.d_model) @ self.w_hat
+        part = {"slots": self.slots, "act": self._by_slot(act), "mlp_proj": self._by_slot(mlp),
+                "resid_proj": self._by_slot(resid), "count": self.part["count"]}
         self.part = None
         return {k: v.cpu() for k, v in part.items()} if portable else part
 
@@ -183,8 +231,8 @@ class _Accumulator:
     def __enter__(self):
         for layer, (block, proj) in enumerate(self._modules):
             self._handles.append(proj.register_forward_pre_hook(partial(self._post, layer)))
-            self._handles.append(proj.register_forward_hook(partial(self._proj, "mlp_proj", layer)))
-            self._handles.append(block.register_forward_hook(partial(self._proj, "resid_proj", layer)))
+            self._handles.append(proj.register_forward_hook(partial(self._out, "mlp_out", layer)))
+            self._handles.append(block.register_forward_hook(partial(self._out, "resid_post", layer)))
         return self
 
     def __exit__(self, *exc):
@@ -193,22 +241,12 @@ class _Accumulator:
         self._handles.clear()
 
     def _post(self, layer, module, args):
-        import torch
+        if self.part is not None:  # None between batches (shared mode: the candidate generating)
+            self._add("act", layer, args[0])
 
-        if self.part is None:  # between batches (shared mode: the candidate generating)
-            return
-        x = args[0][:, self.sel].sum(dim=1, dtype=torch.float64)  # [batch, d_mlp]
-        self.part["act"][:, layer].index_add_(0, self.rows, x.to(self.act.device))
-
-    def _proj(self, target, layer, module, args, out):
-        import torch
-
-        if self.part is None:
-            return
-        x = out[0] if isinstance(out, tuple) else out
-        w_hat = self.w_hat.to(x.device)
-        self.part[target][:, layer].index_add_(0, self.rows, (x[:, self.sel].to(torch.float64) @ w_hat).sum(1)
-                                               .to(self.act.device))
+    def _out(self, target, layer, module, args, out):
+        if self.part is not None:
+            self._add(target, layer, out[0] if isinstance(out, tuple) else out)
 
     def slot_arrays(self, slot: int) -> dict[str, np.ndarray]:
         return {
@@ -315,7 +353,7 @@ def stats_key(base, model, probe, prompts: list[str], settings: StatsSettings) -
         "n_prompts": len(prompts),
         "settings": settings.key(),
         "dtype": base.dtype,
-        "device_type": str(base.device).split(":")[0],
+        **placement_key(base.device, getattr(base, "device_map", "")),
     }
 
 
