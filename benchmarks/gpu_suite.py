@@ -16,10 +16,10 @@ Run by ``benchmarks/gpu.sh`` after ``gpu_bench.py``. Three parts, each a separat
     prompts, the organism's lexicon as scorer and its held-out text for perplexity: the
     whole-suite cost per 100 prompts at the paper's model size.
 ``device_map``
-    The organism split across the GPU and the CPU by Accelerate (embeddings and blocks 0-1 on
-    the GPU, blocks 2-3, ``ln_f`` and ``lm_head`` on the CPU) against the whole model on the GPU,
-    and every module mapped to the GPU against the plain load (must be bitwise equal): the
-    hooks and float64 sums follow each layer's device.
+    The organism with every module mapped to the GPU by Accelerate against the plain load (must
+    be bitwise equal), then split across the GPU and the CPU (embeddings and blocks 0-1 on the
+    GPU, the rest on the CPU). TransformerLens 4.3 refuses that split after loading (measured);
+    the refusal is recorded, and ``mechclaims`` refuses such a map before loading.
 
 ``python benchmarks/gpu_suite.py --device cpu --medium-prompts 8 --shape tiny`` runs the same
 code on a CPU (a smoke test of this script).
@@ -89,7 +89,9 @@ def _compare(gpu: dict, cpu: dict) -> dict:
 
 
 def run_claims(args: list[str], report: Path, cache: Path, timeout: int) -> dict:
-    env = {**os.environ, "MECHCLAIMS_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
+    # MECHCLAIMS_FIXTURES: this checkout's organisms, also when mechclaims is installed elsewhere.
+    env = {"MECHCLAIMS_FIXTURES": str(ROOT / "fixtures"), **os.environ, "MECHCLAIMS_CACHE_DIR": str(cache),
+           "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "pytest", "claims/", "-q", "-p", "no:cacheprovider", "--report", str(report), *args]
     print("gpu_suite:", " ".join(cmd), flush=True)
     t0 = time.perf_counter()

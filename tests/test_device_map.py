@@ -207,3 +207,18 @@ def _top_modules(directory: str) -> list[str]:
                 "transformer.ln_f", "lm_head"]
     return ["model.embed_tokens", *(f"model.layers.{i}" for i in range(cfg.num_hidden_layers)), "model.norm",
             "model.rotary_emb", "lm_head"]
+
+
+def test_a_map_mixing_a_gpu_with_cpu_is_refused_before_loading(tmp_path):
+    """TransformerLens 4.x refuses such a map after the weights are loaded (seen on an H200,
+    benchmarks/results/h200-device-map-v4.json); mechclaims says so before loading any."""
+    from mechclaims.devices import mixes_gpu_and_offload
+
+    src = Source("dir", str(tmp_path), sha256="0" * 64)
+    mixed = '{"transformer.h.0": 0, "transformer.h.1": "cpu"}'
+    with pytest.raises(ConfigError, match="mixes a GPU with CPU/disk offload"):
+        check_device_map(mixed, src)
+    assert mixes_gpu_and_offload({"a": "cuda:1", "b": "disk"})
+    assert not mixes_gpu_and_offload({"a": 0, "b": "cuda:1"}) and not mixes_gpu_and_offload(ALL_CPU)
+    assert not mixes_gpu_and_offload(DISK_H1) and not mixes_gpu_and_offload("auto")
+    check_device_map('{"transformer.h.0": 0, "transformer.h.1": "cuda:1"}', src)  # all GPUs: fine

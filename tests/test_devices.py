@@ -98,3 +98,10 @@ def test_batch_size_unset_is_auto_on_cuda_and_32_on_cpu(gpt2_pair, monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 << 30, 1 << 34))
     want = auto_batch_size(1 << 30, row_bytes(RowShape.of(base), 33, 20))
     assert _auto_batch(StatsSettings(), base, "cuda").batch_size == want
+    # A run whose analysis came from the cache measures when the intervention sets open the models.
+    from mechclaims.behaviour import _Runner
+
+    runner = _Runner((base, base), lambda b: None, ["x"], StatsSettings(batch_size=32), None, None, None, "generated")
+    runner.auto_batch_device = "cuda"
+    runner._open()
+    assert runner.settings.batch_size == want != 32

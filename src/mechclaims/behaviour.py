@@ -190,14 +190,17 @@ def _set_digest(s: SetSpec) -> str:
 
 def evaluate(models, prompts: list[str], attribution, stats, scorer, *, settings, key: dict,
              ppl_text=None, cache=None, edit_alpha: float = 0.05, edit_beta: float = 0.5, progress=None,
-             patch_positions: str = "generated", probe=None, kinds=None) -> BehaviourResult:
+             patch_positions: str = "generated", probe=None, kinds=None,
+             auto_batch_device: str | None = None) -> BehaviourResult:
     """Generate, score and (optionally) measure perplexity for every intervention set.
 
     ``models``: the (base, model) LoadedModels, or a callable returning them; ``scorer``: a
     Scorer, or a callable taking the base model and returning one. Both are opened only when
     some set is not in ``cache``, so a rerun does no model work. ``key``: what identifies the
     inputs without opening them: ``base_sha256``, ``model_sha256``, ``dtype`` and ``scorer``
-    (a string naming the scorer and its files).
+    (a string naming the scorer and its files). ``auto_batch_device``: pick the batch size from
+    that device's free memory once the models are open (``devices.resolve_batch_size``; a run
+    whose analysis came from the cache has not measured it yet).
     """
     from tqdm.auto import tqdm
 
@@ -232,7 +235,7 @@ def evaluate(models, prompts: list[str], attribution, stats, scorer, *, settings
               "ppl_text": hashlib.sha256(ppl_text.encode()).hexdigest() if ppl_text else None,
               "edit": [edit_alpha, edit_beta], "positions": generation_positions}
     runner = _Runner(models, scorer, prompts, settings, dpo_means, plan, ppl_text, generation_positions)
-    runner.probe = probe
+    runner.probe, runner.auto_batch_device = probe, auto_batch_device
 
     tox_sum, toxic_count, ppl, describe, seconds = {}, {}, {}, None, {}
     count = np.array([float(b - a) for a, b in ranges])
@@ -282,12 +285,17 @@ class _Runner:
         self._models, self._scorer = models, scorer
         self.prompts, self.settings, self.dpo_means, self.plan = prompts, settings, dpo_means, plan
         self.ppl_text, self.positions = ppl_text, positions
+        self.auto_batch_device = None
         self.opened = False
 
     def _open(self):
         if self.opened:
             return
         self.base, self.model = self._models() if callable(self._models) else self._models
+        if self.auto_batch_device:  # both models on the device now: measure (rank 0's, for all ranks)
+            from .analysis import _auto_batch
+
+            self.settings = _auto_batch(self.settings, self.base, self.auto_batch_device)
         self.scorer = self._scorer(self.base) if callable(self._scorer) and not hasattr(self._scorer, "score") \
             else self._scorer
         self.opened = True
@@ -352,6 +360,6 @@ class _Runner:
         t0 = time.perf_counter()
         if self.ppl_text:
             with self._context(s, target, "all"):
-                p = perplexity(target, self.ppl_text)["ppl"]
+                p = perplexity(target, self.ppl_text, split_across_ranks=True)["ppl"]
         seconds = np.array([t_gen, t_score, time.perf_counter() - t0])  # this rank's share
         return {"scores": scores, "ppl": np.array(p), "seconds": seconds}

@@ -102,6 +102,22 @@ def device_map_text(device_map: str | Mapping | None) -> str:
     return json.dumps(dict(device_map), sort_keys=True)
 
 
+# TransformerLens 4.x (TransformerBridge) refuses a realised device map that puts some modules
+# on a GPU and others on the CPU or disk (seen on an H200: "device_map mixes CPU/disk offload
+# targets with a GPU target"). All-GPU maps and all-CPU/disk maps load.
+MIXED_MAP_HELP = ("TransformerLens 4.x refuses a device map that mixes a GPU with CPU/disk offload: map every "
+                  "module to a GPU (several GPUs: --device-map auto, or a JSON object of module -> cuda:N), or "
+                  "every module to cpu/disk.")
+
+
+def mixes_gpu_and_offload(device_map) -> bool:
+    """True when a module -> device map puts modules both on an accelerator and on cpu/disk."""
+    if not isinstance(device_map, Mapping):
+        return False
+    kinds = {"offload" if str(v) in ("cpu", "disk") else "gpu" for v in device_map.values()}
+    return kinds == {"offload", "gpu"}
+
+
 def placement_key(device: str, device_map=None) -> dict:
     """Where a model ran, as cache keys record it, computable before any model is loaded.
 
@@ -152,7 +168,9 @@ def row_bytes(shape: RowShape, prompt_tokens: int, new_tokens: int) -> int:
     # and post activation), MLP out; eager attention scores and their softmax over the prompt.
     prefill = p * (7 * shape.d_model + 2 * shape.d_mlp) * b + 2 * shape.n_heads * p * p * b
     logits = shape.d_vocab * (b + 4)     # logits_to_keep=1, plus a float32 copy for the argmax
-    hooks = 2 * shape.d_mlp * 8          # the float64 sum of hook_post and its cast
+    # The statistics' float64 per-row partials (hook_post, MLP out, resid_post, every layer),
+    # twice: ``take`` stacks them before summing rows by chunk.
+    hooks = 2 * shape.n_layers * (shape.d_mlp + 2 * shape.d_model) * 8
     return int(kv_cache + prefill + logits + hooks)
 
 

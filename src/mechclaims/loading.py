@@ -640,7 +640,17 @@ def load_model(
     if spec.kind == "hub" and spec.sha256 == hub_id_sha256(spec.location):
         # Not in the local cache when resolved, fetched just now (online): hash the snapshot.
         spec = resolve_source(Source("hub", spec.location), memo_dir=memo_dir if memo else None)
-    loaded = wrap_hf(hf, tok, spec, device=device, dtype=dtype, info=info)
+    try:
+        loaded = wrap_hf(hf, tok, spec, device=device, dtype=dtype, info=info)
+    except ValueError as exc:
+        if device_map is None or "hf_device_map is unsupported" not in str(exc):
+            raise
+        from .devices import MIXED_MAP_HELP
+
+        placed = sorted({str(v) for v in getattr(hf, "hf_device_map", {}).values()})
+        raise ModelSourceError(f"{spec.label}: --device-map {device_map_text(device_map)!r} placed its modules on "
+                               f"{', '.join(placed)}. {MIXED_MAP_HELP} With 'auto', a model that does not fit "
+                               "on the visible GPUs spills to the CPU: add GPUs or use a smaller dtype.") from exc
     loaded.device_map = device_map_text(device_map)
     return loaded
 

@@ -141,13 +141,16 @@ def window_bounds(n_ids: int, window: int) -> list[tuple[int, int]]:
 
 
 def perplexity(model, text: str | Path, *, window: int | None = None, batch_size: int = 8,
-               hooks=None, prepend_bos: bool | None = None) -> dict:
+               hooks=None, prepend_bos: bool | None = None, split_across_ranks: bool = False) -> dict:
     """exp(mean NLL) of ``model`` (a LoadedModel) over ``text``, in non-overlapping windows.
 
     ``text``: the text itself (``str``) or a ``Path`` to a UTF-8 file (use ``load_text`` for a
     path given as a string or a dataset spec). ``window``: tokens per window, default
     ``min(model context, 1024)``; at most the model context. ``prepend_bos``: default the
     model's convention (``bridge.cfg.default_prepend_bos`` and a BOS token exists).
+    ``split_across_ranks``: under torchrun (``mechclaims.distributed``) each rank reads its
+    share of the window batches and every rank gets the same result, bit for bit (every rank
+    must call it).
 
     Returns ``{"ppl", "nll", "n_tokens", "n_windows", "window", "bos", "n_ids",
     "window_bounds"}``: ``nll`` is the mean NLL (nats) per predicted token, ``n_tokens`` the
@@ -191,31 +194,38 @@ def perplexity(model, text: str | Path, *, window: int | None = None, batch_size
     hf = model.hf_model
     device = next(hf.parameters()).device
     all_ids = torch.tensor(ids, dtype=torch.long)
-    total = torch.zeros((), dtype=torch.float64)
-    n_tokens = 0
+    by_len: dict[int, list[tuple[int, int]]] = {}
+    for s, e in bounds:
+        by_len.setdefault(e - s, []).append((s, e))
+    batches = [group[j:j + batch_size] for group in by_len.values() for j in range(0, len(group), batch_size)]
+    n_tokens = sum(len(b) * (b[0][1] - b[0][0] - 1) for b in batches)
+    if split_across_ranks:  # data parallel: this rank's batches; the sums are added in batch order
+        from .distributed import gather_in_order, world
+
+        mine = world().mine(len(batches))
+    else:
+        mine = range(len(batches))
+    local = []
     handles = []
     try:
         for target, fn in (hooks or ()):
             mod = hf.get_submodule(target) if isinstance(target, str) else target
             handles.append(mod.register_forward_hook(fn))
-        by_len: dict[int, list[tuple[int, int]]] = {}
-        for s, e in bounds:
-            by_len.setdefault(e - s, []).append((s, e))
         with torch.no_grad():
-            for length, group in by_len.items():
-                for j in range(0, len(group), batch_size):
-                    rows = torch.stack([all_ids[s:e] for s, e in group[j:j + batch_size]]).to(device)
-                    logits = hf(input_ids=rows, use_cache=False).logits
-                    if logits.dtype not in (torch.float32, torch.float64):
-                        logits = logits.float()
-                    nll = torch.nn.functional.cross_entropy(
-                        logits[:, :-1].reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1),
-                        reduction="none")
-                    total += nll.to(torch.float64).sum().cpu()
-                    n_tokens += rows.shape[0] * (length - 1)
+            for b in mine:
+                rows = torch.stack([all_ids[s:e] for s, e in batches[b]]).to(device)
+                logits = hf(input_ids=rows, use_cache=False).logits
+                if logits.dtype not in (torch.float32, torch.float64):
+                    logits = logits.float()
+                nll = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1), reduction="none")
+                local.append((b, float(nll.to(torch.float64).sum())))
     finally:
         for h in handles:
             h.remove()
+    total = 0.0  # float64, batch by batch in batch order: the same sum whatever the number of ranks
+    for _, part in (gather_in_order(local) if split_across_ranks else local):
+        total += part
     mean = float(total) / n_tokens
     if not math.isfinite(mean):
         from .errors import NumericalError

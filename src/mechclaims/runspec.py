@@ -186,6 +186,10 @@ def check_device_map(device_map: str, *sources: Source) -> None:
         raise ConfigError(f"--device-map {device_map!r} applies to HF directories and hub ids; "
                           f"{', '.join(f'{s.label} ({s.kind})' for s in others)} load(s) on one device: "
                           "drop --device-map, or save the merged model with save_pretrained and use that directory.")
+    from .devices import MIXED_MAP_HELP, mixes_gpu_and_offload, parse_device_map
+
+    if mixes_gpu_and_offload(parse_device_map(device_map)):
+        raise ConfigError(f"--device-map {device_map!r} puts modules on a GPU and on cpu/disk. {MIXED_MAP_HELP}")
     try:
         import accelerate  # noqa: F401
     except ImportError as exc:

@@ -227,7 +227,9 @@ class ClaimSuite:
                         lambda base: make_scorer(run.scorer, base=base, probe=run.probe), key=key,
                         settings=_batch_of(run.settings, an), ppl_text=ppl_text, cache=ResultCache(run.cache_dir),
                         edit_alpha=cfg.edit_alpha, edit_beta=cfg.edit_beta, progress=progress,
-                        patch_positions=cfg.patch_positions, probe=run.probe, kinds=self._kinds())
+                        patch_positions=cfg.patch_positions, probe=run.probe, kinds=self._kinds(),
+                        # A cached analysis measured no free memory: measure when the models open.
+                        auto_batch_device=cfg.device if run.auto_batch and an.base is None else None)
 
     def _kinds(self):
         """The intervention kinds the selected behavioural claims read (None: all)."""
