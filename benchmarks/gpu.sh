@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # On a CUDA GPU: the statistics pass against plain HF generate, GPT-2 medium shape (355M, seeded
 # random weights), bf16 and fp32, at 64 prompts and at the paper's 1,199 (gpu_bench.py); then the
-# whole claim suite (gpu_suite.py): the organism in own and shared positions, the 355M pair, and a
-# GPU + CPU device map. Figures as JSON in $1 (default benchmarks/gpu-results.json) and beside it,
-# *-suite.json.
+# whole claim suite (gpu_suite.py): the organism in own and shared positions, the 355M pair, and
+# device maps. Figures as JSON in $1 (default benchmarks/gpu-results.json) and beside it,
+# *-suite.json. Measured on an H200: benchmarks/README.md, benchmarks/results/.
 #
 #   bash benchmarks/gpu.sh                      # from the repository root, in its environment
 #   bash benchmarks/gpu.sh results/gpu.json
 #
-# Environment: PYTHON (default python), MECHCLAIMS_GPU_ROUNDS (5), MECHCLAIMS_GPU_PROMPTS (64),
-# MECHCLAIMS_GPU_BATCH (32), MECHCLAIMS_GPU_DTYPES (bfloat16,float32), MECHCLAIMS_GPU_DEVICE (cuda), MECHCLAIMS_GPU_PROTOCOL (1199; 0 skips),
-# MECHCLAIMS_GPU_SUITE (organism,medium,device_map; empty skips the suite), MECHCLAIMS_GPU_CPU_REF (a
-# folder with a CPU run's own/claims.json and shared/claims.json to compare with),
-# MECHCLAIMS_GPU_SUITE_TIMEOUT (400 s per pytest run). Nothing is downloaded.
-# On a machine without CUDA it prints a message and exits 0.
+# Environment:
+#   PYTHON (python)                     MECHCLAIMS_GPU_DEVICE (cuda)
+#   MECHCLAIMS_GPU_ROUNDS (5)           MECHCLAIMS_GPU_PROMPTS (64)    MECHCLAIMS_GPU_BATCH (32)
+#   MECHCLAIMS_GPU_DTYPES (bfloat16,float32)
+#   MECHCLAIMS_GPU_PROTOCOL (1199; 0 skips the protocol-size timing)
+#   MECHCLAIMS_GPU_SUITE (organism,medium,device_map; empty skips the suite)
+#   MECHCLAIMS_GPU_CPU_REF (a folder with a CPU run's own/claims.json and shared/claims.json)
+#   MECHCLAIMS_GPU_SUITE_TIMEOUT (400: seconds per pytest run)
+# Nothing is downloaded. On a machine without CUDA it prints a message and exits 0.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
