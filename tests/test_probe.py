@@ -328,3 +328,19 @@ def test_train_probe_rejects_bad_labels(base):
         train_probe(base, texts[:10], [1] * 10)
     with pytest.raises(ProbeError, match="both"):
         train_probe(base, texts[:10], [0] * 10)
+
+
+def test_a_saved_probe_does_not_record_where_it_was_loaded_from(tmp_path):
+    """Loading adds ``path`` to the metadata (for reports); saving drops it, so a re-saved
+    probe's bytes do not depend on the directory it came from (the organisms' are committed)."""
+    import torch
+
+    from mechclaims.probe import Probe, load_probe
+
+    Probe(torch.arange(1.0, 5.0, dtype=torch.float64), {"note": "x"}).save(tmp_path / "a.safetensors")
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    for where in (tmp_path / "b.safetensors", tmp_path / "deep" / "er" / "c.safetensors"):
+        loaded = load_probe(tmp_path / "a.safetensors")
+        assert loaded.metadata["path"].endswith("a.safetensors")
+        loaded.save(where)
+        assert where.read_bytes() == (tmp_path / "a.safetensors").read_bytes()

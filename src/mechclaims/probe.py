@@ -41,10 +41,12 @@ class Probe:
         return hashlib.sha256(self.direction.double().cpu().numpy().tobytes()).hexdigest()
 
     def save(self, path: str | Path) -> None:
-        """Write ``.safetensors`` (key ``direction``; metadata as JSON), atomically."""
+        """Write ``.safetensors`` (key ``direction``; metadata as JSON), atomically. The ``path``
+        a probe was loaded from is not written: the file's bytes must not depend on where it lay."""
         from .cache import save_arrays
 
-        save_arrays(path, {"direction": self.direction.double().cpu().numpy()}, self.metadata)
+        meta = {k: v for k, v in self.metadata.items() if k != "path"}
+        save_arrays(path, {"direction": self.direction.double().cpu().numpy()}, meta)
 
 
 def load_probe(path: str | Path, d_model: int | None = None) -> Probe:
