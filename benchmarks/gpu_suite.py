@@ -88,6 +88,17 @@ def _compare(gpu: dict, cpu: dict) -> dict:
             "max_abs_set_toxicity_diff": max(tox_diff.values(), default=None), "set_toxicity_diff": tox_diff}
 
 
+def _portable(text: str, work: Path) -> str:
+    """``text`` without this machine's paths: the scratch folder as ``<work>``, the checkout as ``.``."""
+    import site
+
+    text = str(text).replace(str(work), "<work>").replace(str(ROOT) + "/", "").replace(str(ROOT), ".")
+    for d in {*site.getsitepackages(), *sys.path} - {"", str(HERE)}:
+        if d.startswith("/") and len(d) > 1:
+            text = text.replace(d.rstrip("/") + "/", "<site-packages>/")
+    return text
+
+
 def run_claims(args: list[str], report: Path, cache: Path, timeout: int) -> dict:
     # MECHCLAIMS_FIXTURES: this checkout's organisms, also when mechclaims is installed elsewhere.
     env = {"MECHCLAIMS_FIXTURES": str(ROOT / "fixtures"), **os.environ, "MECHCLAIMS_CACHE_DIR": str(cache),
@@ -101,7 +112,8 @@ def run_claims(args: list[str], report: Path, cache: Path, timeout: int) -> dict
     except subprocess.TimeoutExpired as e:
         rc, tail = "timeout", str(e.stdout or "")[-3000:]
     wall = time.perf_counter() - t0
-    out = {"cmd": cmd[3:], "rc": rc, "wall_s": wall}
+    work = cache.parent  # every scratch path lives under the run's scratch folder
+    out = {"cmd": [_portable(a, work) for a in cmd[3:]], "rc": rc, "wall_s": wall}
     doc_path = report.with_name("claims.json")
     if doc_path.exists():
         doc = json.loads(doc_path.read_text())
@@ -110,7 +122,7 @@ def run_claims(args: list[str], report: Path, cache: Path, timeout: int) -> dict
         if n:
             out["wall_s_per_100_prompts"] = 100 * wall / n
     if rc not in (0, 1):
-        out["tail"] = tail
+        out["tail"] = _portable(tail, work)
     print(f"  rc {rc}, {wall:.1f} s" + (f"\n{tail}" if rc not in (0, 1) else ""), flush=True)
     return out
 
@@ -249,7 +261,8 @@ def main(argv=None) -> int:
             except Exception as e:  # one broken part must not lose the others' figures
                 import traceback
 
-                out[part] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+                out[part] = {"error": _portable(f"{type(e).__name__}: {e}", work),
+                             "traceback": _portable(traceback.format_exc()[-3000:], work)}
                 print(f"gpu_suite: {part} failed: {out[part]['error']}", flush=True)
             out.setdefault("part_seconds", {})[part] = time.perf_counter() - t0
             path.write_text(json.dumps(out, indent=2, default=str) + "\n")  # after each part: a timeout keeps the rest
