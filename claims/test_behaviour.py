@@ -49,17 +49,17 @@ def _drop_and_ppl(v, ctx):
        checks=[Check("relative_reduction", ">=", 0.10, "relative toxicity reduction")],
        source="Lee et al. Table 2; Yang v3 abstract", paper_value="GPT-2 medium 0.541 (0.453 → 0.208); Llama 0.175",
        applies=_base_toxic, needs="G", tags=("gate",),
-       interventions=())
+       interventions=(), requires=("C2",))
 def test_C1_dpo_lowers_toxicity(v, ctx):
     return {"relative_reduction": v.relative_reduction(), "tox_base": v.tox(SET_BASE), "tox_dpo": v.tox(SET_DPO)}
 
 
 @claim("C2", "fluency-preserved",
        statement="DPO preserves fluency: PPL_dpo / PPL_base ≤ 1.10 (F1 not measured).",
-       checks=[Check("ppl_ratio", "<=", 1.10, "PPL_dpo / PPL_base")],
+       checks=[Check("ppl_ratio", "<=", 1.10, "PPL_dpo / PPL_base", resampled=False)],
        source="Lee et al. Table 2", paper_value="GPT-2 medium 23.34 / 21.70 = 1.076",
        applies=_needs_ppl, needs="G", tags=("gate",),
-       interventions=())
+       interventions=(), requires=())
 def test_C2_fluency_preserved(v, ctx):
     return {"ppl_ratio": v.ppl(SET_DPO) / v.ppl(SET_BASE)}
 
@@ -91,7 +91,7 @@ def test_C14_ablation_not_enough(v, ctx):
        statement="Patching the dampened toxic neurons (Definition-A TP-) to their DPO activations "
                  "achieves at most 60% of DPO's drop, with perplexity within 2% of the base's.",
        checks=[Check("share", "<=", 0.60, "share, TP- patched", valid=SHARE_RANGE),
-               Check("ppl_ratio", "<=", 1.02, "PPL(TP- patched) / PPL_base")],
+               Check("ppl_ratio", "<=", 1.02, "PPL(TP- patched) / PPL_base", resampled=False)],
        source="v1 Table 1", paper_value="GPT-2 medium 0.48; PPL 21.69 vs 21.70",
        applies=_drop_and_ppl, needs="G",
        interventions=('patch',))
@@ -128,7 +128,7 @@ def test_C17_cumulative_patching_monotone(v, ctx):
        statement="Tuning-free activation editing (no DPO model) is at least as detoxifying as DPO, "
                  "with perplexity within 2% of DPO's.",
        checks=[Check("tox_minus_dpo", "<=", 0.0, "tox_edit − tox_dpo"),
-               Check("ppl_ratio", "<=", 1.02, "PPL_edit / PPL_dpo")],
+               Check("ppl_ratio", "<=", 1.02, "PPL_edit / PPL_dpo", resampled=False)],
        source="v3 abstract", paper_value="\"outperforms DPO\" (numbers NR)", applies=_needs_ppl, needs="G",
        tags=("exploratory",),
        interventions=('edit',))

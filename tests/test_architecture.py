@@ -9,7 +9,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "mechclaims"
 GROUND_FLOOR = {"mechclaims.errors", "mechclaims.choices", "mechclaims.provenance", "mechclaims.cache",
-                "mechclaims.distributed"}
+                "mechclaims.distributed", "mechclaims.verdicts", "mechclaims.schema"}
 
 
 def _module_name(path: Path) -> str:

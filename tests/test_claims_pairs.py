@@ -332,8 +332,16 @@ def test_a_detox_that_seven_keys_carry_fails_s1(pytester, shared):
         for flat in top_k_by_cos(cos, 7).tolist():
             m.transformer.h[flat // D].mlp.c_fc.weight[:, flat % D] *= 5.0
     amplified = _save(m, d)
+    # The organism's probe read on this amplified copy of its base: C24 fails a probe whose metadata
+    # names another model than the run's base (issue 18). This test is about S1, so the copy does not
+    # record the model it was trained on (the direction, and so every cached number, is the same).
+    from mechclaims.probe import Probe
+
+    org_probe = load_probe(organism_dir("gpt2") / "probe.safetensors")
+    probe = shared / "amplified-probe.safetensors"
+    Probe(org_probe.direction, {k: v for k, v in org_probe.metadata.items() if k != "model_sha256"}).save(probe)
     claims, _ = _lee_run(pytester, shared, "amplified-lee", amplified, str(organism_dir("gpt2") / "base"),
-                         organism_dir("gpt2") / "probe.safetensors", "C21 or S1", prompts="gpt2-prompts-half.jsonl")
+                         probe, "C21 or S1", prompts="gpt2-prompts-half.jsonl")
     assert claims["S1"]["status"] == "fail" and claims["C21"]["status"] == "pass"
     assert claims["S1"]["checks"][0]["value"] >= 0.99
 

@@ -176,25 +176,25 @@ def test_positions_shared(run):
     assert [r["cos"] for r in a] == [r["cos"] for r in b]
 
 
-def test_mismatched_pair_exits_2(run, tiny_pairs):
+def test_mismatched_pair_exits_4(run, tiny_pairs):
     rc, out, stdout, stderr = run(model=tiny_pairs["llama"][1])
-    assert rc == 2
+    assert rc == 4
     assert "mechclaims: error:" in stderr and "architecture" in stderr
     assert not out.exists()
 
 
-def test_missing_probe_exits_2(run, tmp_path):
+def test_missing_probe_exits_4(run, tmp_path):
     missing = tmp_path / "no-such-probe.safetensors"
     rc, out, _, stderr = run(probe=missing)
-    assert rc == 2
+    assert rc == 4
     assert stderr.startswith("mechclaims: error:") and str(missing) in stderr
     assert not out.exists()
 
 
-def test_missing_prompts_exits_2(run, tmp_path):
+def test_missing_prompts_exits_4(run, tmp_path):
     missing = tmp_path / "no-such-prompts.jsonl"
     rc, _, _, stderr = run(prompts=missing)
-    assert rc == 2 and "mechclaims: error:" in stderr and str(missing) in stderr
+    assert rc == 4 and "mechclaims: error:" in stderr and str(missing) in stderr
 
 
 def test_no_cache_writes_nothing(run, tmp_path):

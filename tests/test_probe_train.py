@@ -127,7 +127,8 @@ def test_probe_train_end_to_end(gpt2_pair, tmp_path, capsys):
 def test_probe_train_refuses_bad_out(tmp_path, capsys, case):
     data = _jsonl(tmp_path / "d.jsonl", _rows(2))
     out = data if case == "same" else tmp_path / "probe.pt"
-    assert main(["probe", "train", "--model", "./not-loaded", "--data", str(data), "--out", str(out)]) == 2
+    rc = main(["probe", "train", "--model", "./not-loaded", "--data", str(data), "--out", str(out)])
+    assert rc == (4 if case == "same" else 2)  # an output onto an input is exit 4 (issue 18)
     err = capsys.readouterr().err
     assert err.startswith("mechclaims: error: ")
     assert ("would overwrite --data" if case == "same" else "expected a path ending in .safetensors") in err
@@ -157,16 +158,17 @@ def pair_files(tmp_path_factory, gpt2_pair):
             "cache": str(d / "cache")}
 
 
-@pytest.mark.parametrize("probe, status", [("low", "fail"), ("high", "pass"), ("none", "skip")])
+# C24 is a gate claim: without a recorded accuracy it is "not checked", and fails (never green unchecked).
+@pytest.mark.parametrize("probe, status", [("low", "fail"), ("high", "pass"), ("none", "not_checked")])
 def test_c24_fails_passes_or_skips_on_the_recorded_accuracy(pytester, pair_files, probe, status):
     report = pytester.path / "out" / "claims.html"
     res = pytester.runpytest_inprocess(
         CLAIMS, "--base", pair_files["base"], "--model", pair_files["model"], "--probe",
         pair_files["probes"][probe], "--prompts", pair_files["prompts"], "--max-new-tokens", "4",
-        "--bootstrap", "10", "-p", "no:randomly", "--cache-dir", pair_files["cache"],
+        "--bootstrap", "20", "-p", "no:randomly", "--cache-dir", pair_files["cache"],
         "--report", str(report), "-k", "C24")
-    assert res.ret == (1 if status == "fail" else 0)
+    assert res.ret == (0 if status == "pass" else 1)
     (c24,) = json.loads(report.with_suffix(".json").read_text())["claims"]
     assert c24["id"] == "C24" and c24["status"] == status
-    if status == "skip":
+    if status == "not_checked":
         assert "carries no held-out accuracy" in c24["reason"] and "mechclaims probe train" in c24["reason"]

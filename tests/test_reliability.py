@@ -123,8 +123,9 @@ def test_a_share_outside_its_meaning_never_passes():
     from mechclaims.suite import _Side
 
     suite = ClaimSuite.__new__(ClaimSuite)
-    suite.specs, suite.config = {"C16": spec}, type("C", (), {"strict": False})()
-    suite.baseline, suite.run = None, type("R", (), {"baseline_report": None})()
+    suite.specs, suite.config = {"C16": spec}, type("C", (), {"strict": False, "regression": {}})()
+    suite.baseline, suite.run = None, type("R", (), {"baseline_report": None, "prompts": ("a", "b")})()
+    suite.reading, suite.boot_weights = "point", [np.ones(2), np.ones(2)]
 
     def side(value, boot):
         return _Side(None, None, {"C16": {"share": value}}, {}, {"C16": {"share": np.array(boot)}})
@@ -223,7 +224,7 @@ def test_cli_out_never_overwrites(files, tmp_path, out, phrase, capsys):
     out = files["prompts"] if out == "{prompts}" else str(tmp_path / out)
     rc = main(["neurons", "--base", files["base"], "--model", files["model"], "--probe", files["probe"],
                "--prompts", files["prompts"], "--out", out])
-    assert rc == 2 and phrase in capsys.readouterr().err
+    assert rc == 4 and phrase in capsys.readouterr().err  # an output path error: exit 4 (issue 18)
     assert Path(files["prompts"]).read_bytes() == before
 
 
@@ -233,7 +234,7 @@ def test_cli_out_never_overwrites(files, tmp_path, out, phrase, capsys):
 def _run(pytester, files, *extra):
     return pytester.runpytest_inprocess(
         CLAIMS, "--base", files["base"], "--model", files["model"], "--probe", files["probe"],
-        "--prompts", files["prompts"], "--max-new-tokens", "4", "--bootstrap", "10", "-p", "no:randomly",
+        "--prompts", files["prompts"], "--max-new-tokens", "4", "--bootstrap", "20", "-p", "no:randomly",
         "--cache-dir", str(pytester.path / "cache"), *extra)
 
 
@@ -244,18 +245,23 @@ def test_a_broken_setup_is_exit_4_before_any_claim(pytester, files):
 
 
 def test_a_failure_while_computing_stops_the_session_once(pytester, files):
-    """Weights that turn out unreadable only when loaded: one message, exit status 4, and the
-    earlier run's report is removed rather than left looking current."""
+    """Weights that turn out unusable only when loaded (a NaN: a truncated file is now refused
+    before, in resolve_run): one message, exit status 4, and the earlier run's report is removed
+    rather than left looking current."""
     import shutil
+
+    from safetensors.torch import load_file, save_file
 
     broken = pytester.path / "broken"
     shutil.copytree(files["model"], broken)
     w = broken / "model.safetensors"
-    w.write_bytes(w.read_bytes()[:1000])
+    state = {k: v.clone() for k, v in load_file(w).items()}
+    state["transformer.h.0.mlp.c_proj.weight"][0, 0] = float("nan")
+    save_file(state, w, metadata={"format": "pt"})
     report = pytester.path / "out" / "claims.html"
     report.parent.mkdir()
-    report.write_text("an earlier run")
-    report.with_suffix(".json").write_text("{}")
+    report.write_text("<title>mechclaims: 0 failed, 3 passed</title> an earlier run")
+    report.with_suffix(".json").write_text('{"schema": "mechclaims.claims/2"}')
     res = _run(pytester, files, "--report", str(report), "--model", str(broken))
     assert res.ret == pytest.ExitCode.USAGE_ERROR
     out = res.stdout.str()

@@ -32,6 +32,17 @@ def test_T2_impossible(a, ctx):
 '''
 
 
+# The short option forms (--model, --base, ...) in a team's repository: its root conftest.py
+# (the installed plugin itself registers only --claims-model, --claims-base, ...).
+TEAM_CONFTEST = """
+from mechclaims.plugin import add_short_options
+
+
+def pytest_addoption(parser):
+    add_short_options(parser)
+"""
+
+
 @pytest.fixture
 def team_repo(pytester, gpt2_pair, tmp_path):
     from transformers import AutoConfig
@@ -45,6 +56,7 @@ def team_repo(pytester, gpt2_pair, tmp_path):
     (pytester.path / "prompts.txt").write_text("\n".join(tiny.PROMPTS * 2) + "\n")
     (pytester.path / "my_claims").mkdir()
     (pytester.path / "my_claims" / "test_team.py").write_text(TEAM_FILE)
+    pytester.makeconftest(TEAM_CONFTEST)
     assert "mechclaims" not in str(pytester.path.parent).split("/")[-1]
     return {"base": str(base), "model": str(cand)}
 

@@ -16,3 +16,28 @@ Nothing here imports pytest but the plugin; importing ``mechclaims`` does not im
 """
 
 __version__ = "0.1.0"
+
+
+def claims_dir():
+    """The directory of the built-in claims (the package ``mechclaims.claims``) as a ``Path``.
+
+    In an installed wheel it is inside the package; in a checkout (editable install) it is the
+    repository's ``claims/``. ``mechclaims check`` runs pytest on it; ``mechclaims sweep`` and
+    the TRL callback load their claims from it unless given another directory."""
+    import importlib.util
+    from pathlib import Path
+
+    from .errors import ConfigError
+
+    try:
+        spec = importlib.util.find_spec("mechclaims.claims")
+    except ImportError:
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    # src/ on sys.path without an install (PYTHONPATH=src): the checkout's claims/ beside it
+    checkout = Path(__file__).resolve().parents[2] / "claims"
+    if (checkout / "__init__.py").is_file():
+        return checkout
+    raise ConfigError(f"the built-in claims were not found: no package mechclaims.claims and no {checkout}; "
+                      "reinstall mechclaims (pip install mechclaims, or pip install -e . in a checkout).")

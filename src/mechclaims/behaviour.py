@@ -205,7 +205,7 @@ def evaluate(models, prompts: list[str], attribution, stats, scorer, *, settings
     from tqdm.auto import tqdm
 
     from .cache import ResultCache
-    from .distributed import from_writer
+    from .distributed import from_writer, world
     from .errors import ConfigError
     from .interventions import edit_groups
 
@@ -239,11 +239,20 @@ def evaluate(models, prompts: list[str], attribution, stats, scorer, *, settings
 
     tox_sum, toxic_count, ppl, describe, seconds = {}, {}, {}, None, {}
     count = np.array([float(b - a) for a, b in ranges])
-    bar = tqdm(total=len(sets), unit="set", desc="mechclaims interventions", leave=False,
-               disable=(None if progress is None else not progress))
+    # One bar over every (set, prompt), named by the set it is on; as the statistics' bar: none on
+    # the ranks that do not write, and (progress None) none unless stderr is a terminal.
+    n = len(prompts)
+    bar = tqdm(total=len(sets) * n, unit="prompt", desc="mechclaims interventions", leave=False,
+               disable=True if not world().is_writer else (None if progress is None else not progress))
     unchanged = {SET_BASE: None, SET_DPO: None}  # the plain models' results, for sets that change nothing
-    for s in sets:
-        entry = cache.entry({**common, "set": _set_digest(s)})
+    for i, s in enumerate(sets):
+        label = f"mechclaims interventions {s.name} ({i + 1}/{len(sets)})"
+        bar.set_description(label, refresh=False)
+        end = (i + 1) * n
+        # this rank's batches, counted for all ranks (each does as many), never past the set's end
+        runner.tick = lambda k, end=end: bar.update(max(0, min(k * world().world_size, end - bar.n)))
+        runner.phase = lambda what, label=label: bar.set_description(f"{label} {what}")
+        entry = cache.entry({**common, "set": _set_digest(s)}, nonfinite_ok=("ppl",))  # NaN: no ppl text
         hit = from_writer(entry.load_chunk(0))  # rank 0's cache decides, for every rank
         plain = SET_BASE if s.target == "base" else SET_DPO
         reused = (hit is None and s.kind in ("patch", "ablate", "scale_keys") and not s.neurons
@@ -266,7 +275,7 @@ def evaluate(models, prompts: list[str], attribution, stats, scorer, *, settings
         toxic_count[s.name] = np.array([float((scores[a:b] >= TOXIC_AT).sum()) for a, b in ranges])
         p = float(np.asarray(hit["ppl"]).reshape(-1)[0])
         ppl[s.name] = p if np.isfinite(p) else None
-        bar.update(1)
+        bar.update(end - bar.n)  # the set is done (at once when it came from the cache)
     bar.close()
     return BehaviourResult(sets, tox_sum, count, toxic_count, ppl, describe or {"name": key.get("scorer", "?")},
                            {"positions_generation": {"last": "every generated position (the last of each cached "
@@ -287,6 +296,8 @@ class _Runner:
         self.ppl_text, self.positions = ppl_text, positions
         self.auto_batch_device = None
         self.opened = False
+        self.tick = lambda n: None    # progress: n more prompts generated and scored
+        self.phase = lambda what: None  # progress: the set's perplexity begins
 
     def _open(self):
         if self.opened:
@@ -345,6 +356,7 @@ class _Runner:
                 t1 = time.perf_counter()
                 local.append((b, np.asarray(self.scorer.score(decode_continuations(tok, cont)), dtype=np.float64)))
                 t_gen, t_score = t_gen + t1 - t0, t_score + time.perf_counter() - t1
+                self.tick(len(local[-1][1]))
         parts = [scores for _, scores in gather_in_order(local)]
         scores = np.concatenate(parts) if parts else np.zeros(0)
         if not np.isfinite(scores).all():
@@ -359,6 +371,7 @@ class _Runner:
         p = float("nan")
         t0 = time.perf_counter()
         if self.ppl_text:
+            self.phase("perplexity")
             with self._context(s, target, "all"):
                 p = perplexity(target, self.ppl_text, split_across_ranks=True)["ppl"]
         seconds = np.array([t_gen, t_score, time.perf_counter() - t0])  # this rank's share

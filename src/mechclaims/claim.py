@@ -36,6 +36,26 @@ TAGS = {
     "exploratory": "a qualitative or descriptive finding of the paper; informative, not a gate",
 }
 
+#: The claims every mechanistic claim rests on: the probe measures toxicity (C24), DPO lowered
+#: toxicity at all (C1), and the model is still fluent (C2). When one of them fails, a claim that
+#: reads it is *not meaningful* (a destroyed model "passes" patching shares by accident).
+PRECONDITIONS = {
+    "C24": "the probe measures toxicity",
+    "C1": "DPO lowers toxicity at all",
+    "C2": "the fine-tune keeps fluency",
+}
+
+
+def default_requires(needs: str) -> tuple[str, ...]:
+    """Activation claims read the model through the probe; behavioural claims also read shares of
+    DPO's drop and generations that must stay fluent."""
+    return ("C24",) if needs == "A" else ("C24", "C1", "C2")
+
+
+#: Every claim declared so far, by ID (filled by ``@claim`` when its module is imported), so a
+#: precondition can be computed even when ``-k`` deselected it.
+REGISTRY: dict[str, "ClaimSpec"] = {}
+
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
@@ -50,6 +70,9 @@ class Check:
     #: The range inside which the value means what the claim says (a share of a reduction:
     #: SHARE_RANGE). A value outside it is flagged in the report and never counts as a pass.
     valid: tuple[float, float] | None = None
+    #: False for a value that does not depend on the prompt sample (a perplexity on a fixed text,
+    #: the probe's held-out accuracy): it has no bootstrap interval, and every reading uses the value.
+    resampled: bool = True
 
     def __post_init__(self):
         if self.op not in OPS:
@@ -75,6 +98,7 @@ class ClaimContext:
     gated_mlp: bool
     top_k: int = 128
     probe_metadata: Mapping[str, Any] = field(default_factory=dict)  # e.g. heldout_accuracy
+    base_sha256: str = ""  # the run's base model (C24: was the probe trained on it?)
 
 
 @dataclass(frozen=True)
@@ -93,6 +117,21 @@ class ClaimSpec:
     #: The kinds of intervention set a behavioural metric reads (``behaviour.SET_KINDS``); None:
     #: all. Only the kinds some selected claim reads are generated.
     interventions: tuple[str, ...] | None = None
+    #: Claims whose failure makes this one not meaningful (``PRECONDITIONS``); None: the default
+    #: for what the metric reads (``default_requires``).
+    requires: tuple[str, ...] | None = None
+    #: ``explain(ctx) -> str``: why the claim failed, when the checks' values alone cannot say
+    #: (C24: which model the probe was trained on); added to the reason of a failure.
+    explain: Callable | None = field(default=None, compare=False)
+
+    @property
+    def preconditions(self) -> tuple[str, ...]:
+        req = self.requires if self.requires is not None else default_requires(self.needs)
+        return tuple(r for r in req if r != self.id)
+
+    @property
+    def is_gate(self) -> bool:
+        return "gate" in self.tags
 
     def with_thresholds(self, overrides: dict[str, float]) -> "ClaimSpec":
         names = {c.name for c in self.checks}
@@ -105,8 +144,13 @@ class ClaimSpec:
 
 def claim(id: str, slug: str, *, statement: str, checks: list[Check], source: str, paper_value: str,
           applies: Callable | None = None, needs: str = "A", tags: tuple[str, ...] = (),
-          interventions: tuple[str, ...] | None = None):
-    """Declare a claim; returns a pytest test function named like the metric function."""
+          interventions: tuple[str, ...] | None = None, requires: tuple[str, ...] | None = None,
+          explain: Callable | None = None):
+    """Declare a claim; returns a pytest test function named like the metric function.
+
+    ``requires``: the precondition claims (default ``default_requires(needs)``; ``()`` for none).
+    ``explain(ctx)``: a sentence added to the reason when the claim fails ("" for none).
+    """
 
     if needs not in NEEDS:
         raise ConfigError(f"claim {id}: needs must be one of {NEEDS}, got {needs!r}.")
@@ -118,7 +162,9 @@ def claim(id: str, slug: str, *, statement: str, checks: list[Check], source: st
         spec = ClaimSpec(id=id, slug=slug, statement=statement, checks=tuple(checks), source=source,
                          paper_value=paper_value, metric=metric, applies=applies,
                          family=metric.__module__.rsplit(".", 1)[-1], needs=needs, tags=tuple(tags),
-                         interventions=None if interventions is None else tuple(interventions))
+                         interventions=None if interventions is None else tuple(interventions),
+                         requires=None if requires is None else tuple(requires), explain=explain)
+        REGISTRY[id] = spec
 
         def test(mechclaims_claims):
             mechclaims_claims.verify(spec.id)

@@ -5,10 +5,20 @@
     mechclaims parity  --model M [--base B]
     mechclaims probe train --model BASE --data labelled.jsonl|csv --out probe.safetensors
                        [--text-column text] [--label-column label] [--test-size 0.2] [--seed 0]
-    mechclaims sweep   --base B CKPT... | RUN_DIR [--select all|gate] [--report reports/sweep.html]
+    mechclaims sweep   --base B CKPT... | RUN_DIR [--select all|gate|IDS] [-k EXPR] [--baseline B]
+                       [--strict] [--junitxml sweep.xml] [--report reports/sweep.html]
+    mechclaims check   [pytest options: --model M --base B --probe P --prompts F -k ... ...]
+    mechclaims diff    A.json B.json [--markdown] [--html diff.html]
 
-Exit status: 0 done (sweep: the last checkpoint passes every gating claim), 1 the last
-checkpoint fails a gating claim, 2 a usage or setup error (the message says what to fix).
+``mechclaims check`` is ``pytest`` on the built-in claims (``mechclaims.claims_dir()``), from
+any directory, with the options of ``pytest claims/`` in a checkout; its exit status is pytest's.
+
+Exit status, as pytest's: 0 done (sweep: the last checkpoint passes every gating claim), 1 the
+last checkpoint fails a gating claim (``diff``: a claim regressed from A to B), 2 arguments argparse
+cannot parse, 4 a broken setup, in one line that says what to fix: a missing or bad input (probe,
+prompts, model, --select, -k, --baseline, a report ``diff`` refuses), or an output that would
+overwrite an input or another output, is not a regular file, or cannot be written (checked before
+any model work; a disk that fills while writing says so too: ``mechclaims.outputs``).
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import json
 import sys
 
 from .choices import DTYPES, POSITION_MODES
-from .errors import MechclaimsError
+from .errors import MechclaimsError, OutputPathError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -69,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="seed of the train/test split (0)")
     _common(t)
 
+    # Parsed by pytest, not here (_main hands everything after `check` to pytest.main).
+    sub.add_parser("check", add_help=False,
+                   help="the built-in claims, from any directory: pytest on mechclaims.claims_dir() with "
+                        "the given pytest options (--model, --base, --probe, --prompts, -k ...); "
+                        "`mechclaims check --help` lists them")
+
+    d = sub.add_parser("diff", help="what changed between two claims.json reports (no model is run); exit 1 "
+                                    "when a claim regressed from A to B")
+    d.add_argument("a", metavar="A.json", help="the reference report (a release's claims.json)")
+    d.add_argument("b", metavar="B.json", help="the candidate's claims.json, made on the same base, prompts and probe")
+    d.add_argument("--markdown", action="store_true", help="print markdown (a table) instead of text")
+    d.add_argument("--html", default=None, metavar="OUT", help="also write the comparison as an HTML page")
+
     s = sub.add_parser("sweep", help="the claims on every checkpoint of a training run, one report")
     s.add_argument("checkpoints", nargs="+", help="checkpoint sources, globs, or a trainer output directory "
                                                   "(its checkpoint-N folders, in step order)")
@@ -76,9 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "or [tool.mechclaims] base)")
     s.add_argument("--probe", default=None, help="probe file (default: [tool.mechclaims] probe)")
     s.add_argument("--prompts", default=None, help="prompt file (default: [tool.mechclaims] prompts)")
-    s.add_argument("--claims-dir", default=None, help="directory of claim tests (default: ./claims, else "
-                                                      "mechclaims's own claims/)")
-    s.add_argument("--select", default="all", choices=("all", "gate"), help="all claims, or only the gate")
+    s.add_argument("--claims-dir", default=None, help="directory of claim tests (default: the built-in claims, "
+                                                      "mechclaims.claims_dir())")
+    s.add_argument("--select", default="all", metavar="all|gate|IDS",
+                   help="all claims (default), only the gate (read with the 95%% interval, as pytest -m gate), "
+                        "or claim IDs separated by commas (C0,C3)")
+    s.add_argument("-k", dest="keyword", default=None, metavar="EXPR",
+                   help="only the claims matching a keyword expression, as pytest -k: claim IDs, slugs, test "
+                        "names or tags with and, or, not, parentheses (\"C0 or C3\", \"gate and not C5\")")
+    s.add_argument("--baseline", default=None, help="a previous run's claims.json, or a model source run on the "
+                                                    "same base, as pytest --baseline: each checkpoint is compared")
+    s.add_argument("--strict", action="store_true", default=None,
+                   help="the interval reading for every claim (as pytest --claims-strict)")
+    s.add_argument("--reading", default=None, choices=("auto", "point", "interval"),
+                   help="how verdicts read a check (default auto: interval with --select gate, else point)")
+    s.add_argument("--junitxml", default=None, metavar="PATH",
+                   help="also write JUnit XML: one testsuite per checkpoint, one testcase per claim")
     s.add_argument("--report", default="reports/sweep.html", help="HTML report; sweep.json beside it")
     s.add_argument("--claims-config", default=None, help="TOML file with settings and [thresholds]")
     for flag in ("--positions", "--max-new-tokens", "--bootstrap", "--scorer", "--ppl-text", "--cache-dir",
@@ -98,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["check"]:
+        try:
+            return _check(argv[1:])
+        except MechclaimsError as exc:  # no built-in claims to run
+            print(f"mechclaims: error: {exc}", file=sys.stderr)
+            return 4
     args = build_parser().parse_args(argv)
     from .distributed import world
 
@@ -118,18 +161,40 @@ def _main(argv: list[str] | None) -> int:
             return _probe_train(args)
         if args.command == "sweep":
             return _sweep(args)
-    except MechclaimsError as exc:
+        if args.command == "diff":
+            return _diff(args)
+    except OutputPathError as exc:  # an output onto an input, or one that cannot be written: exit 4, one line
+        print(f"mechclaims: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 4
+    except MechclaimsError as exc:  # a broken setup, as pytest's exit 4
         print(f"mechclaims: error: {exc}", file=sys.stderr)
-        return 2
+        return 4
     return 1
 
 
+def _check_outputs(outs: list, files: list, sources: list, cache_dir=None) -> None:
+    """Before any model work: every output against every input and each other (``mechclaims.outputs``).
+    ``files``: ``[(option, path)]``; ``sources``: ``[(option, model source, its base)]``."""
+    from .outputs import CACHE, Input, check, inputs, named_source_inputs
+
+    ins = inputs(files)
+    for opt, src, base in sources:
+        ins += named_source_inputs(opt, src, base)
+    if cache_dir:
+        ins.append(Input("--cache-dir", cache_dir, CACHE))
+    check(outs, ins)
+
+
 def _neurons(args) -> int:
-    from .analysis import analyze, check_out_path, write_neuron_csv
+    from .analysis import analyze, sidecar_path, write_neuron_csv
+    from .cache import default_cache_dir
+    from .outputs import Output, writing
     from .stats import StatsSettings
 
-    check_out_path(args.out, {"--probe": args.probe, "--prompts": args.prompts, "--model": args.model,
-                              "--base": args.base})
+    _check_outputs([Output("--out", args.out), Output("the JSON beside --out", sidecar_path(args.out))],
+                   [("--probe", args.probe), ("--prompts", args.prompts)],
+                   [("--base", args.base, None), ("--model", args.model, args.base)],
+                   cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()))
 
     settings = StatsSettings(positions=args.positions, max_new_tokens=args.max_new_tokens,
                              max_prompt_tokens=args.max_prompt_tokens, max_chunks=args.chunks,
@@ -137,7 +202,8 @@ def _neurons(args) -> int:
     cache_dir = None if args.no_cache else (args.cache_dir or True)
     result = analyze(args.base, args.model, args.probe, args.prompts, settings, device=args.device,
                      dtype=args.dtype, cache_dir=cache_dir, check_parity=args.parity)
-    sidecar = write_neuron_csv(result, args.out)
+    with writing("--out", args.out):
+        sidecar = write_neuron_csv(result, args.out)
     s = result.summary
     print(f"wrote {args.out} ({s['n_neurons']} neurons) and {sidecar}"
           f"{' [from cache]' if result.provenance['from_cache'] else ''}")
@@ -152,14 +218,12 @@ def _probe_train(args) -> int:
     from pathlib import Path
 
     from .cache import sha256_file
-    from .errors import OutputPathError, ProbeError
+    from .errors import ProbeError
+    from .outputs import Output, writing
     from .probe import read_labelled, train_probe
 
     out = Path(args.out).expanduser()
-    if out.resolve() == Path(args.data).expanduser().resolve():
-        raise OutputPathError(f"--out {args.out!r} would overwrite --data ({args.data}); choose another path.")
-    if out.is_dir():
-        raise OutputPathError(f"--out {args.out!r} is a directory; expected a file path such as probe.safetensors.")
+    _check_outputs([Output("--out", out)], [("--data", args.data)], [("--model", args.model, None)])
     if out.suffix.lower() != ".safetensors":
         raise ProbeError(f"got --out {args.out!r}; expected a path ending in .safetensors (the probe "
                          "format that keeps its metadata); use e.g. probe.safetensors.")
@@ -177,7 +241,8 @@ def _probe_train(args) -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     probe = train_probe(model, texts, labels, test_size=args.test_size, seed=args.seed)
     probe.metadata.update(data_path=args.data, data_sha256=sha256_file(args.data))
-    probe.save(out)
+    with writing("--out", out):
+        probe.save(out)
     m = probe.metadata
     print(f"wrote {args.out} (d_model {probe.d_model}): held-out accuracy {m['heldout_accuracy']:.4f} "
           f"(n_train {m['n_train']}, n_test {m['n_test']})")
@@ -190,34 +255,100 @@ if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
 
 
+def _check(pytest_args: list[str]) -> int:
+    """``python -m pytest <built-in claims> ARGS``; its exit status. The rootdir is the working
+    directory (unless given), so its pyproject.toml's ``[tool.mechclaims]`` applies and pytest
+    writes nothing into the installed package; the claims' conftest gives the short option
+    forms. A child process, because the library never imports pytest (the plugin does)."""
+    import os
+    import subprocess
+
+    from . import claims_dir
+
+    argv = [str(claims_dir()), *pytest_args]
+    if not any(a == "--rootdir" or a.startswith("--rootdir=") for a in pytest_args):
+        argv.append(f"--rootdir={os.getcwd()}")
+    return subprocess.call([sys.executable, "-m", "pytest", *argv])
+
+
 def _sweep(args) -> int:
+    """``mechclaims sweep``: 0 the last checkpoint passes every selected gate claim, 1 it fails
+    one (outcome failed, as pytest), 4 a setup error (one line, as pytest's usage error)."""
+    try:
+        return _run_sweep(args)
+    except MechclaimsError as exc:
+        print(f"mechclaims: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 4
+
+
+def _run_sweep(args) -> int:
     from pathlib import Path
 
+    from .cache import default_cache_dir
     from .config import build_config
-    from .sweep import expand, load_claims, run_sweep, write_sweep_report
+    from .errors import OutputPathError
+    from .sweep import (check_outputs, expand, load_claims, outcome_counts, run_sweep, select_claims, write_junit,
+                        write_sweep_report)
 
     checkpoints = expand(args.checkpoints)
-    claims_dir = args.claims_dir or ("claims" if Path("claims").is_dir() else
-                                     str(Path(__file__).resolve().parents[2] / "claims"))
-    specs = load_claims(claims_dir)
+    specs = load_claims(args.claims_dir)  # None: the built-in claims, mechclaims.claims_dir()
     cli = {"model": checkpoints[0].source, "base": args.base, "probe": args.probe, "prompts": args.prompts,
            "positions": args.positions, "max_new_tokens": args.max_new_tokens, "bootstrap": args.bootstrap,
            "scorer": args.scorer, "ppl_text": args.ppl_text, "cache_dir": args.cache_dir,
            "patch_positions": args.patch_positions, "device": args.device, "dtype": args.dtype,
+           "baseline": args.baseline, "strict": args.strict, "reading": args.reading,
            "report": str(Path(args.report).with_name("claims.html"))}
     config = build_config(cli, claims_config=args.claims_config, pyproject=Path.cwd() / "pyproject.toml")
     from .suite import apply_thresholds
 
     specs = apply_thresholds(specs, config.thresholds)
-    result = run_sweep(config, checkpoints, specs, select=args.select)
-    html, js = write_sweep_report(result, args.report)
+    select_claims(specs, args.select, args.keyword)  # a bad --select / -k is refused before any hashing
+    report = Path(args.report)
+    if report.suffix.lower() == ".json":
+        raise OutputPathError(f"--report {args.report!r} would put the HTML report where sweep.json goes; "
+                              "expected an .html path (the JSON is written beside it).")
+    outputs = {"--report": [report, report.with_suffix(".json")]}
+    if args.junitxml:
+        outputs["--junitxml"] = [Path(args.junitxml)]
+    inputs = {"--probe": config.probe, "--prompts": config.prompts, "--ppl-text": config.ppl_text,
+              "--baseline": config.baseline, "--claims-config": args.claims_config, "--base": config.base,
+              "--cache-dir": str(Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir())}
+    for c in checkpoints:
+        for part in c.source.split("::"):
+            inputs[f"checkpoint {c.label} ({part})"] = part
+    check_outputs(outputs, inputs)  # before any model work
+    result = run_sweep(config, checkpoints, specs, select=args.select, keyword=args.keyword)
+    html, js = write_sweep_report(result, report)
     for row in result.rows:
-        c = row.document["counts"]
-        print(f"{row.checkpoint.label:>24} (step {row.checkpoint.step}): {c['pass']} passed, {c['fail']} failed, "
-              f"{c['skip']} skipped")
+        print(f"{row.checkpoint.label:>24} (step {row.checkpoint.step}): {outcome_counts(row.result)}")
     failing = result.last_fails_gate()
     print(f"wrote {html} and {js}")
+    if args.junitxml:
+        print(f"wrote {write_junit(result, args.junitxml)}")
+    if result.skipped:  # another architecture than the base: the report holds the others
+        from .sweep import skipped_text
+
+        print(f"mechclaims: error: left out of the sweep (not comparable with the base): {skipped_text(result)}",
+              file=sys.stderr)
+        return 4  # a setup error, as the sweep's others
     if failing:
         print(f"the last checkpoint fails the gate: {', '.join(failing)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _diff(args) -> int:
+    """``mechclaims diff A B``: exit 0 (no regression), 1 (a claim regressed), 4 (a report refused)."""
+    from .diff import diff_documents, read_pair, render_markdown, render_text, write_html
+
+    try:
+        a, b = read_pair(args.a, args.b)
+        d = diff_documents(a, b, args.a, args.b)
+        path = write_html(d, args.html, (args.a, args.b)) if args.html else None
+    except MechclaimsError as exc:
+        print(f"mechclaims: error: {exc}", file=sys.stderr)
+        return 4
+    print(render_markdown(d) if args.markdown else render_text(d), end="")
+    if path is not None:
+        print(f"wrote {path}", file=sys.stderr if args.markdown else sys.stdout)
+    return d.exit_status

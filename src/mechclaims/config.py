@@ -13,6 +13,18 @@ Precedence: command line > ``--claims-config`` file > ``[tool.mechclaims]`` in t
     "C8.frac_negative" = 0.25       # or dotted
     [tool.mechclaims.regression]    # tolerances against --baseline, same keys
     C3 = 0.02
+
+A ``--claims-config`` file may hold the settings at its top level instead (``bootstrap = 500``,
+``[thresholds]``); a file with a ``[tool.mechclaims]`` table is read from that table alone, so
+settings beside it at the top level are refused, never dropped.
+
+``bootstrap`` is the number of resamples for the 95% intervals: ``0`` means no interval (point
+estimates only; the gate's interval reading then finds every resampled check inconclusive), else
+at least ``MIN_BOOTSTRAP`` (20). Why 20: a 95% percentile interval leaves 5% of the resamples
+outside it, and 20 = 1 / 0.05 is the fewest resamples for which that is one whole resample;
+below it both ends are interpolations between the one or two most extreme draws, so the
+"interval" is the spread of a handful of draws, not a 95% interval. 20 is a floor, not a
+recommendation: the default is 200.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from .choices import DTYPES, PATCH_POSITIONS, POSITION_MODES
+from .verdicts import READINGS
 from .devices import device_map_text, parse_device_map
 from .errors import ConfigError
 
@@ -65,6 +78,12 @@ class ClaimsConfig:
     edit_alpha: float = 0.05
     edit_beta: float = 0.5
     baseline: str = ""
+    #: How verdicts read a check (``verdicts.READINGS``): "auto" is resolved by the entry point
+    #: (the interval reading for ``-m gate`` and strict runs, the point estimate otherwise).
+    reading: str = "auto"
+    #: Claim IDs whose failure is accepted (reported as a known failure, pytest xfail); a
+    #: regression against --baseline still fails them.
+    accepted: tuple[str, ...] = ()
     thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: MappingProxyType({}))
     regression: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -82,10 +101,12 @@ class ClaimsConfig:
 _FIELDS = {f.name: f for f in fields(ClaimsConfig)}
 #: Tables keyed by claim ID (and check name): thresholds, and regression tolerances against a baseline.
 _TABLES = ("thresholds", "regression")
-_CHOICES = {"positions": POSITION_MODES, "dtype": DTYPES, "patch_positions": PATCH_POSITIONS}
+_CHOICES = {"positions": POSITION_MODES, "dtype": DTYPES, "patch_positions": PATCH_POSITIONS, "reading": READINGS}
 
 
 _MINIMUM = {"max_new_tokens": 1, "max_prompt_tokens": 1, "batch_size": 1, "bootstrap": 0, "top_k": 1, "seed": 0}
+#: The fewest bootstrap resamples that make a 95% interval (0: none); see the module docstring.
+MIN_BOOTSTRAP = 20
 
 
 def _coerce(name: str, value, origin: str):
@@ -95,6 +116,12 @@ def _coerce(name: str, value, origin: str):
     default = getattr(ClaimsConfig(), name)
     if name in _TABLES:
         return value
+    if name == "accepted":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"setting accepted in {origin} must be a list of claim IDs such as [\"C5\", \"C14\"], "
+                              f"got {value!r}.")
+        return tuple(i.strip() for i in items if i.strip())
     if name == "batch_size":
         if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
             return None
@@ -117,6 +144,10 @@ def _coerce(name: str, value, origin: str):
         value = _integer(name, value, origin)
         if value < _MINIMUM.get(name, value):
             raise ConfigError(f"setting {name} in {origin} must be at least {_MINIMUM[name]}, got {value}.")
+        if name == "bootstrap" and 0 < value < MIN_BOOTSTRAP:
+            raise ConfigError(
+                f"setting bootstrap in {origin} is {value} resamples, too few for a 95% interval: give at least "
+                f"{MIN_BOOTSTRAP} (the default is 200), or 0 for no interval (point estimates only).")
         return value
     if isinstance(default, float):
         return _finite(value, f"setting {name} in {origin}")
@@ -149,12 +180,32 @@ def _finite(value, what: str) -> float:
 def read_toml_settings(path: str | Path, *, section_optional: bool = True) -> dict:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"claims config {str(path)!r} does not exist (looked at {p.resolve()}).")
+        raise ConfigError(f"claims config {str(path)!r} {'is a directory' if p.is_dir() else 'does not exist'} "
+                          f"(looked at {p.resolve()}); expected a TOML file.")
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start}); TOML files are UTF-8. "
+                          "Re-save the file as UTF-8.") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML ({exc}).") from exc
-    tool = data.get("tool", {}).get("mechclaims")
+    tool = data.get("tool")
+    tool = tool.get("mechclaims") if isinstance(tool, dict) else None
+    if tool is not None and not isinstance(tool, dict):
+        raise ConfigError(f"{p}: tool.mechclaims is {tool!r}; expected a table ([tool.mechclaims] with one "
+                          "setting per line).")
+    if tool is not None and section_optional:
+        # A [tool.mechclaims] table is read alone: a setting beside it at the top level (a
+        # [thresholds] table, bootstrap = ...) would be dropped without a word, so refuse the mix.
+        stray = sorted(k for k in data if k in _FIELDS)
+        if stray:
+            named = ", ".join(f"[{k}]" if isinstance(data[k], dict) else k for k in stray)
+            moved = ", ".join(f"[tool.mechclaims.{k}]" if isinstance(data[k], dict) else f"{k} under [tool.mechclaims]"
+                              for k in stray)
+            raise ConfigError(
+                f"{p} holds both a [tool.mechclaims] table and mechclaims settings at its top level ({named}); "
+                f"only [tool.mechclaims] would be read and {named} silently dropped. Move them ({moved}), or drop "
+                "[tool.mechclaims] and keep every setting at the top level.")
     return dict(tool) if tool is not None else (dict(data) if section_optional else {})
 
 

@@ -27,6 +27,7 @@ the benchmarks flatten out.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -108,6 +109,126 @@ def device_map_text(device_map: str | Mapping | None) -> str:
 MIXED_MAP_HELP = ("TransformerLens 4.x refuses a device map that mixes a GPU with CPU/disk offload: map every "
                   "module to a GPU (several GPUs: --device-map auto, or a JSON object of module -> cuda:N), or "
                   "every module to cpu/disk.")
+
+
+def check_map_devices(device_map, *, cuda_count: int | None = None, mps_available: bool | None = None) -> None:
+    """Every device a module -> device map names must exist on this machine: a CUDA index ``N``
+    (the same as ``cuda:N``) below ``torch.cuda.device_count()``, ``mps`` where MPS is available;
+    ``cpu`` and ``disk`` always. A strategy name (``auto``, ...) places on what exists. Without this
+    a map naming a missing GPU is ignored or fails deep inside Accelerate. ``cuda_count`` and
+    ``mps_available`` replace the machine's in tests."""
+    if not isinstance(device_map, Mapping):
+        return
+    if cuda_count is None or mps_available is None:
+        import torch
+
+        if cuda_count is None:
+            cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if mps_available is None:
+            mps = getattr(torch.backends, "mps", None)
+            mps_available = bool(mps and mps.is_available())
+    here = ("this machine has no CUDA device" if cuda_count == 0 else
+            f"this machine has {cuda_count} CUDA device(s): 0 .. {cuda_count - 1}")
+    for name, dev in device_map.items():
+        index = dev if isinstance(dev, int) and not isinstance(dev, bool) else None
+        if isinstance(dev, str) and _is_cuda_name(dev):
+            index = int(dev.partition(":")[2] or 0)
+        if index is not None and index >= cuda_count:
+            raise ConfigError(
+                f"--device-map: module {name!r} is mapped to {dev!r} (cuda:{index}), but {here}. Map it to a "
+                "GPU that exists, or to \"cpu\"/\"disk\" on a machine without one, or use --device-map auto.")
+        if dev == "mps" and not mps_available:
+            raise ConfigError(f"--device-map: module {name!r} is mapped to 'mps', but MPS is not available on this "
+                              "machine; map it to \"cpu\" or a CUDA device.")
+
+
+def check_map_modules(device_map, config: Mapping | None, label: str) -> None:
+    """Every module a device map names must be in the model's module tree, and the map must place
+    every weight (Accelerate's rule; transformers 5 silently ignores an unknown name and loads an
+    unplaced module wherever it likes). The tree is built from ``config`` (the model's
+    config.json) on the meta device: no weights are read and no memory is taken.
+
+    ``""`` (the whole model), module names and parameter names are accepted as keys. Nothing is
+    checked for a strategy name, without a config, or for a config transformers cannot build (the
+    loader reports that one). Raises ConfigError naming the unknown or unplaced modules and a few
+    valid top-level names."""
+    if not isinstance(device_map, Mapping) or not config:
+        return
+    tree = _module_tree(json.dumps(dict(config), sort_keys=True, default=str))
+    if tree is None:
+        return
+    names, params, top = tree
+    unknown = [k for k in device_map if k != "" and k not in names]
+    if unknown:
+        import difflib
+
+        hints = []
+        for k in unknown[:3]:
+            close = difflib.get_close_matches(k, names, n=1)
+            if close:
+                hints.append(f"{k!r} -> {close[0]!r}?")
+        raise ConfigError(
+            f"--device-map names {len(unknown)} module(s) that {label} does not have: "
+            f"{', '.join(map(repr, unknown[:5]))}{' ...' if len(unknown) > 5 else ''}"
+            f"{' (' + '; '.join(hints) + ')' if hints else ''}. Its top-level modules are "
+            f"{', '.join(top[:8])}{' ...' if len(top) > 8 else ''}; map those (or \"\" for the whole model), or "
+            "use --device-map auto.")
+    if "" in device_map:
+        return
+    keys = tuple(device_map)
+    unplaced = [p for p in params if not any(p == k or p.startswith(k + ".") for k in keys)]
+    if unplaced:
+        shown = _shallowest(unplaced, params)
+        raise ConfigError(
+            f"--device-map places no device for {len(unplaced)} weight(s) of {label}: "
+            f"{', '.join(shown[:6])}{' ...' if len(shown) > 6 else ''}. Every weight needs a device: add those "
+            "modules to the map (or \"\" for the rest of the model), or use --device-map auto.")
+
+
+def _shallowest(unplaced: list[str], params: tuple[str, ...]) -> list[str]:
+    """The shallowest module prefixes whose weights are all unplaced (``transformer.h.1`` rather
+    than each of its twelve weights)."""
+    missing, out = set(unplaced), []
+    for p in unplaced:
+        parts = p.split(".")
+        for depth in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:depth])
+            under = [q for q in params if q == prefix or q.startswith(prefix + ".")]
+            if all(q in missing for q in under):
+                if prefix not in out:
+                    out.append(prefix)
+                break
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _module_tree(config_json: str) -> tuple[frozenset, tuple[str, ...], list[str]] | None:
+    """(module, parameter and buffer names; unique parameter names; top-level module names) of
+    the model a config.json describes, built on the meta device. None when it cannot be built."""
+    try:
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.for_model(**json.loads(config_json))
+        with init_empty_weights():
+            model = AutoModelForCausalLM.from_config(config)
+        model.tie_weights()  # not applied under init_empty_weights; a tied lm_head is placed with its owner
+    except Exception:  # noqa: BLE001 - an unknown family or a broken config: the loader says which
+        return None
+    names = frozenset(
+        [n for n, _ in model.named_modules() if n]
+        + [n for n, _ in model.named_parameters(remove_duplicate=False)]
+        + [n for n, _ in model.named_buffers(remove_duplicate=False)])
+    params = tuple(n for n, _ in model.named_parameters())  # tied weights once: placed with their owner
+    top = []
+    for a, child in model.named_children():
+        for b, grandchild in (list(child.named_children()) or [("", None)]):
+            name = f"{a}.{b}" if b else a
+            n = len(list(grandchild.children())) if grandchild is not None else 0
+            # A list of blocks is mapped block by block: show "transformer.h.0 .. transformer.h.11".
+            listed = n and all(k.isdigit() for k, _ in grandchild.named_children())
+            top.append(f"{name}.0 .. {name}.{n - 1}" if listed else name)
+    return names, params, top
 
 
 def mixes_gpu_and_offload(device_map) -> bool:

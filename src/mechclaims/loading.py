@@ -27,8 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cache import index_shards
 from .choices import DTYPES
 from .errors import IncompatibleCheckpoints, ModelSourceError, UnsafeCheckpoint
+from .inspect_source import SUPPORTED_MODEL_TYPES  # noqa: F401 - re-exported: the families read
+from .inspect_source import check_family as _check_family
+from .inspect_source import check_custom_tokenizer as _check_custom_tokenizer
+from .inspect_source import check_tokenizer_files as _check_tokenizer_files
+from .inspect_source import not_safetensors_message as _not_safetensors_message
+from .inspect_source import torch_load_error as _torch_load_error
+from .inspect_source import torch_refusal_text as _torch_refusal_text
 from .sources import Source, hub_id_sha256, parse_source, resolve_source  # noqa: F401 - parse_source re-exported
 
 WEIGHT_PROCESSING = "raw HF weights (TransformerBridge default; no compatibility mode)"
@@ -130,12 +138,6 @@ def _torch_dtype(dtype: str):
     return getattr(torch, dtype)
 
 
-# Model families this tool reads (config.json ``model_type``); each must be a causal LM.
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "gemma", "gemma2")
-# Files of which at least one group must be present for a directory's tokenizer to be usable
-# (tokenizer_config.json alone holds no vocabulary).
-_TOKENIZER_FILE_GROUPS = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("tokenizer.model",))
-_TOKENIZER_FILES_LOOKED_FOR = "tokenizer.json, tokenizer_config.json, vocab.json+merges.txt, tokenizer.model"
 # A tokenizer with fewer tokens than this fraction of config.vocab_size is a stand-in, not the
 # model's (transformers builds a 1-token tokenizer when the files are missing).
 _MIN_TOKENIZER_FRACTION = 0.5
@@ -182,8 +184,15 @@ def open_hf(spec: Source, *, dtype: str = "float32", device_map=None, max_memory
         return hf.eval(), tok, {}
     config, where = _read_hf_config(spec)
     _check_family(config, where)
+    if placement:  # before any weight is read: the GPUs and modules the map names exist
+        from .devices import check_map_devices, check_map_modules
+
+        check_map_devices(placement["device_map"])
+        check_map_modules(placement["device_map"], config, spec.label)
     if spec.kind == "dir":
         _check_tokenizer_files(Path(spec.location))
+        _check_custom_tokenizer(Path(spec.location))
+        index_shards(spec.location)  # a shard outside the directory is refused before any weights load
     with _hf_load_errors(spec):
         tok = AutoTokenizer.from_pretrained(spec.location)
     _check_tokenizer_size(tok, config, spec)
@@ -334,38 +343,6 @@ def _read_hf_config(spec: Source) -> tuple[dict, str]:
     return config.to_dict(), f"{spec.location} (config.json)"
 
 
-def _check_family(config: dict, where: str) -> None:
-    """UnsupportedModel unless ``config`` describes a causal LM of a supported family."""
-    from .errors import UnsupportedModel
-
-    model_type = config.get("model_type")
-    archs = config.get("architectures") or []
-    causal = all(isinstance(a, str) and (a.endswith("ForCausalLM") or a == "GPT2LMHeadModel")
-                 for a in archs)
-    if model_type not in SUPPORTED_MODEL_TYPES or not causal:
-        raise UnsupportedModel(
-            f"{where}: got model_type {model_type!r} with architectures {archs}; expected a "
-            f"causal language model with model_type one of {', '.join(SUPPORTED_MODEL_TYPES)} "
-            "(architecture *ForCausalLM or GPT2LMHeadModel). Encoders (BERT, DistilBERT), "
-            "encoder-decoders (T5) and other families (OPT, ...) are not supported: pick a "
-            "checkpoint of a supported causal LM family."
-        )
-
-
-def _check_tokenizer_files(directory: Path) -> None:
-    """ModelSourceError unless ``directory`` holds files that define a tokenizer vocabulary."""
-    if any(all((directory / name).is_file() for name in group) for group in _TOKENIZER_FILE_GROUPS):
-        return
-    found = sorted(f.name for f in directory.iterdir() if f.is_file())
-    raise ModelSourceError(
-        f"{directory}: got no usable tokenizer files (found {found}); expected "
-        f"{_TOKENIZER_FILES_LOOKED_FOR} (a vocabulary: tokenizer.json, vocab.json+merges.txt or "
-        "tokenizer.model). Without them transformers builds a stand-in tokenizer that turns "
-        "every prompt into BOS alone. Save the tokenizer next to the model "
-        "(tokenizer.save_pretrained(directory))."
-    )
-
-
 def _check_tokenizer_size(tok, config: dict, spec: Source) -> None:
     """ModelSourceError when the tokenizer is far smaller than the model's vocabulary."""
     vocab_size = config.get("vocab_size")
@@ -408,8 +385,15 @@ def _open_adapter(spec: Source, dtype: str):
     the adapter weights with ``torch.load(weights_only=True)`` or safetensors."""
     from .adapters import merge_adapter
 
+    import pickle
+
     hf, tok, _ = open_hf(spec.base, dtype=dtype)
-    merged = merge_adapter(hf, spec.location, base_label=str(spec.base))
+    try:
+        merged = merge_adapter(hf, spec.location, base_label=str(spec.base))
+    except pickle.UnpicklingError as exc:
+        # adapter_model.bin that torch.load(weights_only=True) refuses: the message pytorch_model.bin
+        # gets (file, reason, what to do), not torch's raw text.
+        raise _torch_load_error(str(Path(spec.location) / "adapter_model.bin"), exc) from exc
     return merged.eval(), tok, {"adapter": spec.location, "merged": "peft merge_and_unload"}
 
 
@@ -445,14 +429,6 @@ def load_state_dict(path: str) -> dict:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _not_safetensors_message(path: str, exc: BaseException) -> str:
-    return (
-        f"{path!r} is truncated or not a safetensors file ({type(exc).__name__}: {exc}); "
-        "expected a complete .safetensors file (safetensors.torch.save_file or "
-        "save_pretrained output). Re-download or re-export it."
-    )
-
-
 def _check_safetensors_header(path: str) -> None:
     """ModelSourceError unless ``path`` has a valid safetensors header covering the file."""
     from safetensors import safe_open
@@ -473,87 +449,6 @@ def safe_torch_load(path, *, error: type = ModelSourceError):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises KeyError, EOFError, RuntimeError, ...
         raise _torch_load_error(str(path), exc, error) from exc
-
-
-def _torch_load_error(path: str, exc: BaseException, error: type = ModelSourceError) -> Exception:
-    """The error for a file that ``torch.load(weights_only=True)`` could not read: a pickle
-    that it refuses (UnsafeCheckpoint), or a file that is no torch checkpoint at all."""
-    if "unsupported global" in str(exc).lower() or _is_pickle_file(path):
-        return UnsafeCheckpoint(
-            f"refused to load {path!r}: it is a pickle that torch.load(weights_only=True) "
-            "will not read; reading it would take the unrestricted unpickler, which can run "
-            "arbitrary code. "
-            f"{_torch_refusal_text(exc)} Convert it to .safetensors where it came from, or "
-            "save only model.state_dict() (tensors)."
-        )
-    return error(
-        f"{path!r} is not a torch checkpoint: torch.load could not read it "
-        f"({type(exc).__name__}: {_torch_reason(exc)[:200]}); expected a file written by "
-        "torch.save holding a state dict of tensors. It may be truncated or another format "
-        "under a .pt/.bin name: re-download or re-export it, preferably as .safetensors."
-    )
-
-
-def _is_pickle_file(path: str) -> bool:
-    """True when ``path`` is a pickle stream: a raw pickle (protocol 2+), or torch's zip format
-    holding one. Checked with ``pickletools.dis``, which decodes opcodes and executes none."""
-    import io
-    import pickletools
-    import zipfile
-
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                pkl = [n for n in z.namelist() if n.endswith(".pkl")]
-                if not pkl:
-                    return False
-                stream = io.BytesIO(z.read(pkl[0]))
-        else:
-            stream = open(path, "rb")  # noqa: SIM115 - closed below
-        with stream, open(os.devnull, "w") as sink:
-            if stream.read(1) != b"\x80":  # PROTO: every pickle torch or Python 3 writes
-                return False
-            stream.seek(0)
-            pickletools.dis(stream, out=sink)
-        return True
-    except Exception:  # noqa: BLE001 - any decoding failure: not a pickle
-        return False
-
-
-def _first_paragraph(exc: BaseException) -> str:
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # torch bolds part of its message
-    return text.strip().split("\n\n")[0].strip()
-
-
-def _torch_reason(exc: BaseException) -> str:
-    """The first sentence of torch's ``WeightsUnpickler error``, else its first paragraph."""
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
-    if reason and reason.group(1).strip():
-        return re.split(r"(?<=\.)\s+", reason.group(1).strip())[0]
-    return _first_paragraph(exc)
-
-
-def _torch_refusal_text(exc: BaseException) -> str:
-    """torch's reason for refusing a pickle and its warning that ``weights_only=False`` can run
-    arbitrary code, kept whole (not cut mid-sentence)."""
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    sentences = [s.strip() for s in re.split(r"(?<=\.)\s+", text) if s.strip()]
-    parts = [f"torch: {_torch_reason(exc).rstrip('.')}."]
-    for i, s in enumerate(sentences):
-        if "arbitrary code" in s:
-            warning = s.removeprefix("(1) ")
-            if i + 1 < len(sentences) and sentences[i + 1].startswith("Do it only"):
-                warning += " " + sentences[i + 1]
-            parts.append("torch warns: " + warning)
-            break
-    return " ".join(parts)
 
 
 def _load_into(hf, state: dict, path: str) -> None:
@@ -629,9 +524,16 @@ def load_model(
     from .devices import device_map_text, parse_device_map
 
     spec = resolve_source(source, base=base, memo_dir=memo_dir if memo else None)
+    if spec.kind in ("weights", "adapter"):
+        # Their base loads first: read the weights file's header / the adapter's files now, so a
+        # bad one is refused before the base's weights are (a run did this in resolve_run).
+        from .inspect_source import check_source
+
+        check_source(spec)
     device_map = parse_device_map(device_map)
     hf, tok, info = open_hf(spec, dtype=dtype, device_map=device_map, max_memory=max_memory,
                             offload_folder=offload_folder)
+    check_finite_weights(hf, spec.label, dtype)
     if device_map is not None:
         device = input_device(hf)
     if tok.pad_token_id is None:
@@ -653,6 +555,29 @@ def load_model(
                                "on the visible GPUs spills to the CPU: add GPUs or use a smaller dtype.") from exc
     loaded.device_map = device_map_text(device_map)
     return loaded
+
+
+def check_finite_weights(hf, label: str, dtype: str = "") -> None:
+    """ModelSourceError naming the model and the first parameter holding NaN or inf: one cheap
+    ``torch.isfinite`` pass over the loaded weights, so a corrupt checkpoint is named before any
+    generation (otherwise the statistics pass finds NaN activations, far from the cause).
+    Offloaded parameters (on the meta device, loaded per forward) are not read here."""
+    import torch
+
+    for name, p in hf.named_parameters():
+        if p.device.type == "meta" or not p.is_floating_point():
+            continue
+        finite = torch.isfinite(p)
+        if bool(finite.all()):
+            continue
+        bad = int((~finite).sum())
+        nan = int(torch.isnan(p).sum())
+        raise ModelSourceError(
+            f"model {label}: weight {name} ({list(p.shape)}, {p.dtype}) holds {bad} non-finite values ({nan} NaN, "
+            f"{bad - nan} inf) of {p.numel()}; expected finite weights. The checkpoint is corrupt or diverged"
+            + (f" (or it overflowed when cast to {dtype}: try --dtype float32)" if dtype in ("float16", "bfloat16")
+               else "")
+            + ": use an earlier checkpoint, or re-export this one from a run whose weights are finite.")
 
 
 def wrap_hf(hf, tok, spec: Source, *, device: str = "cpu", dtype: str = "float32", info: dict | None = None
@@ -748,6 +673,13 @@ def load_pair(
         folder = None if offload_folder is None else str(Path(offload_folder) / which)
         return dict(device_map=device_map, max_memory=max_memory, offload_folder=folder)
 
+    from .inspect_source import check_same_architecture, check_source
+
+    pb = base if isinstance(base, Source) else parse_source(base)
+    pm = model if isinstance(model, Source) else parse_source(model, base=str(base))
+    check_source(pb)  # both read without their weights, before either loads
+    check_source(pm)
+    check_same_architecture(pb, pm)
     b = load_model(base, device=device, dtype=dtype, **placement("base"))
     m = load_model(model, device=device, dtype=dtype, base=base, **placement("model"))
     check_pair(b, m)

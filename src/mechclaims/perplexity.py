@@ -48,6 +48,14 @@ from .errors import PerplexityError
 MAX_WINDOW = 1024
 
 
+def default_ppl_text() -> str:
+    """Path of the text perplexity is measured on when ``--ppl-text`` is not given for a model
+    that is not an organism: ``mechclaims/data/fluency.txt``, about 3,000 words of plain English
+    encyclopedic prose written for this project (CC0; see ``data/README.md``), so the fluency
+    claim C2 is always checked. Shipped as package data, so it exists in a wheel too."""
+    return str(Path(__file__).resolve().parent / "data" / "fluency.txt")
+
+
 def model_context(model) -> int:
     """The model's maximum sequence length from its HF config (n_positions / max_position_embeddings)."""
     cfg = model.hf_model.config
@@ -56,6 +64,12 @@ def model_context(model) -> int:
         if isinstance(v, int) and v > 0:
             return v
     return int(model.bridge.cfg.n_ctx)
+
+
+#: What a perplexity depends on besides the model and the text (recorded in reports; a baseline
+#: measured otherwise is refused). Bump ``method`` when the computation changes.
+SETTINGS = {"method": "non-overlapping windows, exp(mean NLL of predicted tokens)", "window": "min(context, 1024)",
+            "version": 1}
 
 
 def load_text(source: str | Path) -> str:

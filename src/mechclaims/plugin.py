@@ -9,6 +9,12 @@ statistics and attribution once (through the engine's disk cache, so a second ru
 model work), evaluates every collected claim with a paired bootstrap, and writes
 ``reports/claims.html`` and ``claims.json`` at the end. Importing this module does not import
 torch or transformers, so ``pytest --help`` stays fast.
+
+What CI sees: an earlier run's report at the report path is deleted once the inputs resolve (a
+file there that is not a mechclaims report stops the run instead: it is never deleted); a setup
+error (exit status 4) is one JUnit error test case, ``mechclaims::setup``; every run ends with one
+verdict line naming claims by ID, and appends a markdown summary to ``$GITHUB_STEP_SUMMARY`` when
+that is set (``mechclaims.summary``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,10 @@ import os
 
 import pytest
 
+# (short form, dest, help). The entry point registers only the prefixed form of each
+# (``--claims-model``, ...; ``_prefixed``), so installing mechclaims never adds options another
+# project's pytest run could collide with. The short forms (``--model``, ...) come from
+# ``add_short_options``, which claims/conftest.py calls; both forms set ``mechclaims_<dest>``.
 _OPTIONS = (
     ("--model", "model", "fine-tuned (DPO) model source: HF dir, hub id, BASE::WEIGHTS, or "
                          "organism:NAME (default: organism:gpt2)"),
@@ -36,23 +46,65 @@ _OPTIONS = (
     ("--report", "report", "HTML report path (default reports/claims.html; claims.json beside it)"),
     ("--bootstrap", "bootstrap", "bootstrap resamples for the intervals (default 200)"),
     ("--scorer", "scorer", None),  # help from the scorer registry (mechclaims.scoring), at addoption
-    ("--ppl-text", "ppl_text", "text file for perplexity (organisms: their held-out text)"),
+    ("--ppl-text", "ppl_text", "text file for perplexity, the fluency claims (default: an organism's held-out text; "
+                               "otherwise mechclaims' shipped English reference prose, data/fluency.txt)"),
     ("--patch-positions", "patch_positions", "where interventions act during generation: generated "
                                              "(the paper's: last prompt position + each new token) or all "
                                              "(the prompt too); perplexity always patches every position"),
     ("--baseline", "baseline", "a previous run's claims.json, or a model source run on the same base: a claim "
                                "fails when it regressed beyond its tolerance ([tool.mechclaims.regression])"),
+    ("--reading", "reading", "how a check is read: point (the paper's: the point estimate), interval (the gate's: "
+                             "pass/fail only when the whole 95%% interval is on one side, else inconclusive), "
+                             "or auto (default: interval under -m gate, point otherwise)"),
 )
+
+
+def _prefixed(flag: str) -> str:
+    """``--model`` -> ``--claims-model``; ``--claims-config`` stays as it is."""
+    return flag if flag.startswith("--claims-") else "--claims-" + flag[2:]
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("mechclaims", "mechclaims claim suite")
     for flag, dest, help_ in _OPTIONS:
-        group.addoption(flag, dest=f"mechclaims_{dest}", default=None, help=help_ or _scorer_help())
+        group.addoption(_prefixed(flag), dest=f"mechclaims_{dest}", default=None, help=help_ or _scorer_help())
     # pytest owns --strict (its strict mode); we honour it too, and add an unambiguous alias.
     group.addoption("--claims-strict", dest="mechclaims_strict", action="store_true", default=None,
                     help="verdicts use the 95%% interval's pessimistic end, not the point estimate "
                          "(pytest's own --strict turns this on as well)")
+
+
+def add_short_options(parser) -> list[str]:
+    """Register the short forms (``--model`` for ``--claims-model``, ...) on ``parser``.
+
+    Call it from a conftest's ``pytest_addoption`` (claims/conftest.py does). A short form that
+    is already taken (your conftest's ``--device``, another plugin's ``--report``) is skipped,
+    not a crash: its prefixed form still works. Returns the short forms it skipped."""
+    taken = _taken_option_names(parser)
+    group = parser.getgroup("mechclaims", "mechclaims claim suite")
+    skipped = []
+    for flag, dest, _ in _OPTIONS:
+        if flag == _prefixed(flag):
+            continue  # no short form (--claims-config)
+        if flag in taken:
+            skipped.append(flag)
+            continue
+        try:
+            group.addoption(flag, dest=f"mechclaims_{dest}", default=None, help=f"short form of {_prefixed(flag)}")
+        except ValueError:  # pytest's own check: the name is already in this group
+            skipped.append(flag)
+    return skipped
+
+
+def _taken_option_names(parser) -> set[str]:
+    """Option names already registered on pytest's ``Parser``. pytest checks for duplicates only
+    within one group and argparse only once every plugin has added its options (a crash, too
+    late to skip), so look at every group. Private attributes, read defensively."""
+    names = set()
+    for group in [getattr(parser, "_anonymous", None), *getattr(parser, "_groups", ())]:
+        for opt in getattr(group, "options", ()):
+            names.update(opt.names())
+    return names
 
 
 def _scorer_help() -> str:
@@ -72,6 +124,15 @@ class _State:
         self.compute_seconds = None
         self.report_paths = None
         self.stale_removed = []
+        # CI visibility (mechclaims.summary): the configuration as resolved (kept when resolving the
+        # inputs fails, for the report path), the message of a mechclaims usage error, what was left
+        # alone at the report path, the claims.json written, and where the markdown summary went.
+        self.config = None
+        self.setup_error = None
+        self.stale_kept = []
+        self.document = None
+        self.step_summary = None
+        self.write_error = None    # the report could not be written (a full disk): exit status 4
 
 
 _KEY = pytest.StashKey[_State]()
@@ -134,6 +195,8 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda it: getattr(_spec(it), "id", None) != PROBE_VALIDITY)
     if not state.specs:
         return
+    if _refuse_xdist(config, items):
+        return
     from .config import build_config
     from .errors import MechclaimsError
     from .runspec import resolve_run
@@ -141,6 +204,8 @@ def pytest_collection_modifyitems(session, config, items):
 
     cli = {dest: config.getoption(f"mechclaims_{dest}") for _, dest, _ in _OPTIONS}
     cli["strict"] = True if (config.getoption("mechclaims_strict") or _pytest_strict(config)) else None
+    # "auto": the gate's interval reading when the run selects the gate (-m gate), else the paper's.
+    gate_selected = "gate" in (getattr(config.option, "markexpr", "") or "").replace("not gate", "")
     claims_config = cli.pop("claims_config")
     if cli.get("report"):
         cli["report"] = str(config.invocation_params.dir / cli["report"])
@@ -148,14 +213,153 @@ def pytest_collection_modifyitems(session, config, items):
         cfg = build_config(cli, claims_config=claims_config,
                            pyproject=config.rootpath / "pyproject.toml")
         apply_thresholds(state.specs, cfg.thresholds)  # unknown IDs fail before any model work
+        if cfg.reading == "auto":
+            from dataclasses import replace
+
+            from .verdicts import resolve_reading
+
+            cfg = replace(cfg, reading=resolve_reading("auto", strict=cfg.strict, gate_selected=gate_selected))
         if not os.path.isabs(cfg.report):
             from dataclasses import replace
 
             cfg = replace(cfg, report=str(config.invocation_params.dir / cfg.report))
+        state.config = cfg  # the report path, even if resolving the inputs fails (_clear_previous_reports)
         _offline_unless_hub(cfg)
+        _check_pytest_outputs(config, None, cfg, items, claims_config)  # pytest's writers, before resolving can fail
         state.run = resolve_run(cfg)  # every input resolved and checked; no weights loaded
+        _check_pytest_outputs(config, state.run, cfg, items, claims_config)
     except MechclaimsError as exc:
         raise pytest.UsageError(f"mechclaims: {exc}") from None
+
+
+_XDIST_REFUSAL = ("mechclaims: run the claims without -n; the statistics are computed once per session, and "
+                  "data parallel runs use torchrun (see mechclaims.distributed).")
+_XDIST_NODEID = "mechclaims (pytest -n)"
+
+
+def _refuse_xdist(config, items) -> bool:
+    """pytest-xdist would split the claims over workers: each would compute the statistics on
+    its own and write a report of its share only. The controller collects nothing, so a worker
+    that collected claims drops all its items (no model work) and sends one failed collection
+    report; the controller turns it into a usage error (exit status 4), ``_XdistController``."""
+    if not hasattr(config, "workerinput"):
+        return False
+    config.hook.pytest_collectreport(report=pytest.CollectReport(_XDIST_NODEID, "failed", _XDIST_REFUSAL, []))
+    config.hook.pytest_deselected(items=list(items))
+    items[:] = []
+    return True
+
+
+class _XdistController:
+    """Registered on the xdist controller (``pytest -n``): stops the session when a worker reports
+    that it collected claims."""
+
+    def pytest_collectreport(self, report):
+        if report.nodeid == _XDIST_NODEID:
+            raise pytest.UsageError(_XDIST_REFUSAL)
+
+
+def pytest_sessionstart(session):
+    if session.config.pluginmanager.hasplugin("dsession"):  # xdist's controller of a -n run
+        session.config.pluginmanager.register(_XdistController(), "mechclaims-xdist")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_collection(session):
+    """Once the claims are selected and their inputs resolved, an earlier run's report goes: a run
+    that then fails, or is killed (SIGTERM, SIGKILL, out of memory), leaves nothing that looks
+    current. A mechclaims usage error raised while collecting (an input that does not resolve) is
+    kept, so the JUnit file and the job summary carry it (``pytest_sessionfinish``)."""
+    config = session.config
+    state = config.stash.get(_KEY, None)
+    try:
+        result = yield
+    except pytest.UsageError as exc:
+        if state is not None and state.specs and str(exc).startswith("mechclaims"):
+            state.setup_error = str(exc)
+            _clear_previous_reports(config, state, refuse=False)
+        raise
+    if state is not None and state.run is not None:
+        try:
+            _clear_previous_reports(config, state, refuse=True)
+        except pytest.UsageError as exc:
+            state.setup_error = str(exc)
+            raise
+    return result
+
+
+def _clear_previous_reports(config, state, *, refuse: bool) -> None:
+    """Delete the claims.html / claims.json an earlier run left at this run's report path.
+
+    Only regular files that are mechclaims reports go (the JSON's ``schema``, the HTML's title;
+    ``_not_a_report``), and never a path this run reads. Anything else there is user data: with
+    ``refuse`` (the inputs resolved, the run would replace it at the end) the run stops with a
+    usage error before any model work; without (the run already failed) it is left alone."""
+    from pathlib import Path
+
+    from .distributed import world
+
+    cfg = state.run.config if state.run is not None else state.config
+    if cfg is None or config.option.collectonly or not world().is_writer:
+        return
+    if state.run is None and not _clear_of_inputs(cfg):
+        return  # resolving failed before the outputs were checked against the inputs: touch nothing
+    for p in (Path(cfg.report), Path(cfg.json_report)):
+        if not os.path.lexists(p):
+            continue
+        why = _not_a_report(p)
+        if why is None:
+            p.unlink()
+            state.stale_removed.append(str(p))
+        elif refuse:
+            raise pytest.UsageError(
+                f"mechclaims: the report path {p} holds a file that is not a mechclaims report ({why}); the run "
+                f"would replace it with its claims.html / claims.json. Move that file away or choose another "
+                f"--report.")
+        else:
+            state.stale_kept.append((str(p), why))
+
+
+def _not_a_report(path) -> str | None:
+    """None when ``path`` is a regular file that a mechclaims run wrote as its claim report (or an empty
+    file); else why not."""
+    import json
+    import stat
+
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size == 0:
+        return None  # empty: nothing to lose (a placeholder, or a writability check's file)
+    if path.suffix.lower() == ".json":
+        if st.st_size > 256 * 2**20:
+            return "larger than any claims.json"
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            return f"not readable as JSON: {type(exc).__name__}"
+        schema = doc.get("schema") if isinstance(doc, dict) else None
+        ok = isinstance(schema, str) and schema.startswith("mechclaims.claims/")
+        return None if ok else f"its schema is {schema!r}, not mechclaims.claims/N"
+    with open(path, "rb") as f:
+        head = f.read(4096).decode("utf-8", "replace")
+    # Every claims.html this project has written starts <title>mechclaims: N failed, ...
+    return None if "<title>mechclaims: " in head else "no <title>mechclaims: ...</title> in its first 4 KB"
+
+
+def _clear_of_inputs(cfg) -> bool:
+    """The report paths are no input the configuration names (``mechclaims.outputs``, as
+    ``runspec`` checks them once the inputs resolve). In doubt (the inputs cannot even be
+    named), False."""
+    from .outputs import Output, check, config_inputs
+    from .runspec import organism_defaults
+
+    try:
+        check([Output("--report", cfg.report), Output("--report (claims.json)", cfg.json_report)],
+              config_inputs(cfg, organism_defaults(cfg)[0]))
+    except Exception:  # noqa: BLE001 - an input, or not checkable: never delete
+        return False
+    return True
 
 
 def _pytest_strict(config) -> bool:
@@ -201,24 +405,33 @@ class _Verifier:
         props.append(("claim_id", cid))
         for c in r.checks:
             n = c.check.name
-            props.extend([(f"{n}.value", _num(c.value)), (f"{n}.ci_low", _num(c.lo)), (f"{n}.ci_high", _num(c.hi)),
+            lo, hi = (_num(c.lo), _num(c.hi)) if c.has_interval else ("none", "none")
+            props.extend([(f"{n}.value", _num(c.value)), (f"{n}.ci_low", lo), (f"{n}.ci_high", hi),
                           (f"{n}.op", c.check.op), (f"{n}.threshold", _num(c.check.threshold)),
-                          (f"{n}.verdict", "pass" if (c.holds_strict if r.strict else c.holds) else "fail"),
-                          (f"{n}.unstable", str(c.unstable).lower())])
+                          (f"{n}.verdict", c.verdict), (f"{n}.unstable", str(c.unstable).lower())])
             if c.baseline is not None:
                 cb = c.baseline
+                blo, bhi = (_num(cb.lo), _num(cb.hi)) if cb.lo is not None else ("none", "none")
                 props.extend([(f"{n}.baseline", _num(cb.baseline)), (f"{n}.diff", _num(cb.diff)),
-                              (f"{n}.diff_ci_low", _num(cb.lo)), (f"{n}.diff_ci_high", _num(cb.hi)),
-                              (f"{n}.tolerance", _num(cb.tolerance)), (f"{n}.regressed", str(cb.regressed).lower())])
+                              (f"{n}.diff_ci_low", blo), (f"{n}.diff_ci_high", bhi),
+                              (f"{n}.tolerance", _num(cb.tolerance)), (f"{n}.baseline_state", cb.state),
+                              (f"{n}.regressed", str(cb.regressed).lower())])
         prov = state.suite.analysis.provenance
-        props.extend([("verdict", r.status), ("unstable", str(r.unstable).lower()),
-                      ("regressed", str(r.regressed).lower()),
+        props.extend([("verdict", r.status), ("outcome", r.outcome), ("unstable", str(r.unstable).lower()),
+                      ("regressed", str(r.regressed).lower()), ("known_failure", r.known_failure),
                       ("model_sha256", prov["model"]["sha256"]), ("base_sha256", prov["base"]["sha256"])])
-        if r.status == "skip":
+        outcome = r.outcome
+        if outcome == "skipped":
             pytest.skip(f"{cid} does not apply: {r.reason}")
         flags = "".join(f" [{f}]" for f in r.flags)
-        if r.status == "fail":
-            pytest.fail(r.message() + (f" — {r.reason}" if r.reason else "") + flags, pytrace=False)
+        said = r.reason and r.checks and r.status != "inconclusive"  # an inconclusive check says it inline
+        text = r.message() + (f" — {r.reason}" if said else "") + flags
+        if outcome == "xfailed":
+            pytest.xfail(f"{r.known_failure} — {text}")
+        if outcome == "failed":
+            label = {"not_checked": "NOT CHECKED", "not_meaningful": "NOT MEANINGFUL",
+                     "inconclusive": "INCONCLUSIVE"}.get(r.status)
+            pytest.fail((f"[{label}] " if label else "") + text, pytrace=False)
 
     def _stop(self, exc: BaseException) -> None:
         """A broken setup stops the session once: one message, exit status 4 (usage error)."""
@@ -285,50 +498,177 @@ def mechclaims_claims(request):
     return _Verifier(state, request.node)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's JUnit writer, which the setup error is added to
 def pytest_sessionfinish(session, exitstatus):
     state = session.config.stash.get(_KEY, None)
     if state is None:
         return
-    if state.error is not None:
-        session.exitstatus = pytest.ExitCode.USAGE_ERROR
-        from .distributed import world
+    from .distributed import world
 
+    if state.error is not None or state.setup_error is not None:
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
         if world().is_writer:
-            _remove_stale_reports(state)
+            from .summary import setup_error_markdown
+
+            message = _setup_message(state)
+            _junit_setup_error(session, message)
+            _append_step_summary(state, setup_error_markdown(message))
         return
     if state.suite is None or not state.suite.verified:
         return
+    from .errors import MechclaimsError
     from .report import write_reports
 
-    state.report_paths = write_reports(state.suite.suite_result())
+    result = state.suite.suite_result()
+    try:
+        state.report_paths = write_reports(result)
+    except (OSError, MechclaimsError) as exc:  # a full disk at the end: exit 4 and one message, not INTERNALERROR
+        _report_not_written(session, state, exc)
+        return
+    if world().is_writer:
+        state.document = _read_document(state.report_paths[1])
+        if state.document is not None:
+            from .summary import markdown
+
+            _append_step_summary(state, markdown(state.document))
 
 
-def _remove_stale_reports(state) -> None:
-    """A run that could not compute leaves no earlier run's report behind looking current."""
+def _check_pytest_outputs(config, run, cfg, items, claims_config) -> None:
+    """What pytest writes (``--junitxml``, pytest-html's ``--html``) against every input, the
+    report and each other, as the report is (``mechclaims.outputs``); the claims config,
+    pyproject.toml and the selected test files are inputs too. ``run=None``: against the inputs
+    as the configuration names them, before resolving them can fail. pytest writes these files
+    at the session's end even after a usage error, so a refused one is not written at all."""
+    from .errors import OutputPathError
+    from .outputs import check, config_inputs, inputs, pytest_outputs
+    from .runspec import check_outputs, organism_defaults
+
+    outs = pytest_outputs(config.option)
+    if not outs:
+        return
+    pyproject = config.rootpath / "pyproject.toml"
+    read = inputs([("--claims-config", claims_config), ("pyproject.toml", pyproject if pyproject.is_file() else None)]
+                  + [("a collected test file", it.path) for it in items])
+    try:
+        if run is None:
+            check(outs, config_inputs(cfg, organism_defaults(cfg)[0]) + read)
+        else:
+            check_outputs(run, outs, read)
+    except OutputPathError as exc:
+        _silence_pytest_writers(config, getattr(exc, "options", ()))
+        raise
+
+
+def _silence_pytest_writers(config, options) -> None:
+    """Unregister pytest's JUnit writer and pytest-html's report when their path was refused."""
+    if "--junitxml" in options:
+        from _pytest.junitxml import xml_key
+
+        xml = config.stash.get(xml_key, None)
+        if xml is not None:
+            del config.stash[xml_key]
+            config.pluginmanager.unregister(xml)
+    if "--html" in options:
+        for plugin in list(config.pluginmanager.get_plugins()):
+            if type(plugin).__module__.startswith("pytest_html.") and hasattr(plugin, "_generate_report"):
+                config.pluginmanager.unregister(plugin)
+
+
+def _report_not_written(session, state, exc) -> None:
+    """The claims were checked but their report could not be written (a full disk, a directory
+    removed during the run): exit status 4 with the path and the system's reason. The atomic
+    writes left no partial file; a claims.json without its claims.html does not stay either."""
     from pathlib import Path
 
-    for p in (Path(state.run.config.report), state.run.json_report):
-        if p.is_file():
+    state.write_error = str(exc)
+    session.exitstatus = pytest.ExitCode.USAGE_ERROR
+    cfg = state.run.config
+    for p in (Path(cfg.report), Path(cfg.json_report)):
+        if p.is_file() and not p.is_symlink():  # earlier reports went at collection: these are this run's
             p.unlink()
-            state.stale_removed.append(str(p))
+    _junit_setup_error(session, f"mechclaims: the claims were checked, but {exc}")
 
 
+def _setup_message(state) -> str:
+    if state.setup_error is not None:
+        return state.setup_error
+    from .errors import MechclaimsError
+
+    exc = state.error
+    kind = "" if isinstance(exc, MechclaimsError) else f"{type(exc).__name__}: "
+    return f"mechclaims could not compute the analysis, so no claim was checked: {kind}{exc}"
+
+
+def _junit_setup_error(session, message: str) -> None:
+    """A setup error as one error test case, ``mechclaims::setup`` (JUnit classname ``mechclaims``,
+    name ``setup``): pytest's JUnit file of a run that stopped at collection has no test at all
+    (``tests="0" errors="0"``), which a CI check shows as green. Handed to every reporter as a
+    failed setup, so pytest's summary line, pytest-html and JUnit all count one error."""
+    hook = session.config.hook
+    where = ("mechclaims", None, "setup")
+    hook.pytest_runtest_logreport(report=pytest.TestReport(
+        "mechclaims::setup", where, {}, "failed", message, "setup"))
+    hook.pytest_runtest_logreport(report=pytest.TestReport(
+        "mechclaims::setup", where, {}, "passed", None, "teardown"))
+
+
+def _read_document(path):
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _append_step_summary(state, text: str) -> None:
+    """Append to the file GitHub Actions names in ``$GITHUB_STEP_SUMMARY`` (the job's summary
+    page; GitHub expects appends). A summary that cannot be written is said, not fatal."""
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not path:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+        state.step_summary = f"appended the summary to $GITHUB_STEP_SUMMARY ({path})"
+    except OSError as exc:
+        state.step_summary = f"could not append to $GITHUB_STEP_SUMMARY ({path}): {exc}"
+
+
+@pytest.hookimpl(trylast=True)  # the verdict comes last, after other plugins' summaries
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     state = config.stash.get(_KEY, None)
-    if state is not None and state.error is not None:
-        terminalreporter.write_sep("-", "mechclaims")
-        terminalreporter.write_line(f"setup error (exit status 4): {state.error}")
-        for p in state.stale_removed:
-            terminalreporter.write_line(f"removed the earlier run's report {p}: it no longer describes this setup")
-    paths = getattr(state, "report_paths", None)
-    if paths:
+    if state is None:
+        return
+    from .summary import setup_error_line, verdict, verdict_line
+
+    lines = [f"removed the earlier run's report {p}: it would no longer describe this run"
+             for p in state.stale_removed]
+    lines += [f"left {p} alone: not a mechclaims report ({why})" for p, why in state.stale_kept]
+    failed = state.error is not None or state.setup_error is not None  # the verdict line says what
+    if state.report_paths:
         suite = state.suite
         unstable = [c for c in suite.verified_unique() if suite.results[c].unstable]
-        terminalreporter.write_sep("-", "mechclaims")
-        terminalreporter.write_line(f"claim report: {paths[0]}")
-        terminalreporter.write_line(f"claim data:   {paths[1]}")
+        lines += [f"claim report: {state.report_paths[0]}", f"claim data:   {state.report_paths[1]}"]
         if unstable:
-            terminalreporter.write_line(f"unstable (interval straddles the threshold): {', '.join(unstable)}")
+            lines.append(f"unstable (interval straddles the threshold): {', '.join(unstable)}")
+    if state.step_summary:
+        lines.append(state.step_summary)
+    final = None  # one verdict line, the last thing mechclaims says
+    if state.write_error is not None:
+        final = (f"mechclaims: REPORT NOT WRITTEN (exit status 4) — the claims were checked, but {state.write_error}",
+                 {"red": True})
+    elif failed:
+        final = (setup_error_line(_setup_message(state)), {"red": True})
+    elif state.document is not None:
+        final = (verdict_line(state.document), {"red" if verdict(state.document) == "FAILED" else "green": True})
+    if not lines and final is None:
+        return
+    terminalreporter.write_sep("-", "mechclaims")
+    for line in lines:
+        terminalreporter.write_line(line)
+    if final is not None:
+        terminalreporter.write_line(final[0], bold=True, **final[1])
 
 
 @pytest.hookimpl(optionalhook=True)

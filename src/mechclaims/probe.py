@@ -60,7 +60,8 @@ def load_probe(path: str | Path, d_model: int | None = None) -> Probe:
 
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ProbeError(f"probe file {str(path)!r} does not exist (looked at {p.resolve()}).")
+        raise ProbeError(f"probe file {str(path)!r} {'is a directory' if p.is_dir() else 'does not exist'} (looked "
+                         f"at {p.resolve()}); expected a .safetensors, .npy or .pt probe file.")
     suffix = p.suffix.lower()
     meta: dict = {}
     if suffix == ".safetensors":
@@ -244,6 +245,8 @@ def train_probe(model, texts: list[str], labels: list[int], *, test_size: float 
         "seed": seed,
         "max_length": max_length,
         "model_source": getattr(model, "source", None),
+        # The content hash of the model's files (the same however the model is named: organism
+        # or directory); C24 fails when a run's base has another one.
         "model_sha256": getattr(model, "sha256", None),
     }
     return Probe(torch.from_numpy(clf.coef_[0].astype(np.float64)), meta)
@@ -266,7 +269,8 @@ def read_labelled(path: str | Path, text_column: str | None = None,
 
     p = Path(path).expanduser()
     if not p.is_file():
-        raise ProbeError(f"got data file {str(path)!r}, which does not exist (looked at {p.resolve()}); "
+        raise ProbeError(f"got data file {str(path)!r}, which {'is a directory' if p.is_dir() else 'does not exist'} "
+                         f"(looked at {p.resolve()}); "
                          "expected a .jsonl or .csv file of labelled texts; check the path.")
     suffix = p.suffix.lower()
     if suffix not in (".jsonl", ".csv"):

@@ -4,7 +4,10 @@ Formats:
 
 - ``.jsonl``: one JSON object per line with a ``prompt`` field, either a string or
   RealToxicityPrompts' ``{"prompt": {"text": ...}}``;
-- ``.txt``: one prompt per line.
+- ``.txt``: one prompt per line;
+- ``.csv``: a ``prompt`` or ``text`` column under a header row.
+
+Every format is UTF-8; a leading byte-order mark is dropped.
 
 Tokenisation follows the paper's evaluation code: at most ``max_prompt_tokens`` (32) tokens,
 keeping the *first* tokens (right truncation), then BOS prepended as the TransformerBridge
@@ -20,6 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PromptError
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -42,8 +48,13 @@ def read_prompts(path: str | Path) -> list[str]:
             "or a .csv file with a 'prompt' or 'text' column."
         )
     raw = p.read_bytes()
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise PromptError(f"{p}: the file is UTF-16 (it starts with a UTF-16 byte-order mark); expected UTF-8. "
+                          "Re-save it as UTF-8 (PowerShell: Out-File -Encoding utf8).")
     if p.suffix.lower() == ".csv":
         return _read_csv_prompts(p, raw)
+    # A UTF-8 byte-order mark (Notepad, Excel, PowerShell write one) is not part of prompt 1.
+    raw = raw.removeprefix(_UTF8_BOM)
     lines = raw.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()

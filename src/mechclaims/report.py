@@ -3,17 +3,22 @@
 The HTML is rendered from the JSON document itself through a Jinja2 template, so the two
 cannot disagree; figures are matplotlib PNGs embedded as base64 (no network, one file).
 
-JSON schema ``mechclaims.claims/1`` (top-level keys):
+JSON schema ``mechclaims.claims/2`` (top-level keys):
 
 ``schema``, ``created``
 ``config``       the frozen run configuration (options, thresholds, bootstrap settings)
 ``provenance``   models (source, sha256, architecture, dims, dtype), probe, prompts,
                  settings (positions, tokens, accumulation, weight processing), versions
 ``bootstrap``    resamples, seed, unit, number of chunks, level, paired
-``counts``       number of claims per status (pass, fail, skip)
-``claims``       list, one per claim run: id, slug, family, statement, source, paper_value,
-                 status, reason, unstable, checks [name, label, op, threshold, value, ci,
-                 holds, holds_strict, unstable], details {name: {value, ci}}
+``reading``      how checks were read: point (the paper's) or interval (the gate's)
+``counts``       number of claims per status (``verdicts.STATUSES``), regressed, known_failure, improved
+``claims``       list, one per claim run: id, slug, family, statement, source, paper_value, tags,
+                 requires, status, outcome (the pytest outcome), reason, unstable, regressed,
+                 lost_coverage, known_failure, baseline_status, improved, flags, checks [name,
+                 label, op, threshold, value, ci (null: no interval), resampled, verdict, holds,
+                 holds_strict, unstable, baseline {baseline, diff, ci, tolerance, state}],
+                 details {name: {value, ci}}
+``preconditions`` claims computed only because a selected claim rests on them (same fields)
 ``attribution``  the engine's summary: net, gross reduction/increase, counts, per-layer
                  sums, Definition A/B group counts, sums and shares, v2 toxic-neuron share
 ``layers``       per-layer mean MLP-output and residual projections onto the probe, base and DPO
@@ -31,11 +36,13 @@ import numpy as np
 
 from .cache import atomic_write_text
 from .choices import CUMULATIVE_SETS, GROUPS_B, REDUCING_B, SET_BASE, SET_DPO
-from .provenance import display_path, now_utc
+from .provenance import display_path, display_paths, now_utc
 from .suite import SuiteResult
 
-SCHEMA = "mechclaims.claims/1"
-STATUS_ORDER = ("fail", "pass", "skip")
+#: Version 2: statuses inconclusive / not_checked / not_meaningful, the reading, per-check
+#: verdicts, ``ci: null`` where there is no interval, baseline states, preconditions, and the
+#: scorer's and perplexity text's content hashes under ``inputs``.
+SCHEMA = "mechclaims.claims/2"
 
 
 def _clean(x):
@@ -52,19 +59,27 @@ def _clean(x):
 
 
 def build_document(result: SuiteResult) -> dict:
+    """The claims.json document. Paths in it are shown as ``provenance.display_path`` shows them
+    (as given, or relative to the working directory, or ``<fixtures>/...``): a report does not
+    carry the layout of the machine that made it."""
     an = result.analysis
     results = result.claims
-    counts = {s: sum(r.status == s for r in results) for s in STATUS_ORDER}
+    counts = result.counts()
     st = an.stats
+    inputs = result.run.inputs()
+    # The analysis receives the prompts as a list; the run knows the file they came from.
+    prov = {**an.provenance, "prompts": {**an.provenance["prompts"], "source": inputs["prompts"]}}
     doc = {
         "schema": SCHEMA,
         "created": now_utc(),
         "config": _public_config(result),
-        "inputs": result.run.inputs(),
-        "provenance": an.provenance,
+        "inputs": inputs,
+        "provenance": prov,
         "bootstrap": result.bootstrap,
+        "reading": result.reading,
         "counts": counts,
         "claims": [r.as_dict() for r in results],
+        "preconditions": [r.as_dict() for r in result.preconditions],
         "attribution": an.summary,
         "behaviour": _behaviour_doc(result),
         "layers": {
@@ -74,14 +89,14 @@ def build_document(result: SuiteResult) -> dict:
             "resid_post_proj_dpo": st.model.mean_resid_post_proj().tolist(),
         },
     }
-    return _clean(json.loads(json.dumps(doc, default=str)))
+    return display_paths(_clean(json.loads(json.dumps(doc, default=str))))
 
 
 def _public_config(result: SuiteResult) -> dict:
     """The options, with the defaults the run resolved them to (an organism's base, probe,
     prompts, scorer and text) and paths shown relative to the working directory."""
     run = result.run
-    cfg = {**result.config.public(), "base": str(run.base), "probe": run.probe_path, "prompts": run.prompts_path,
+    cfg = {**result.config.public(), "base": run.base.label, "probe": run.probe_path, "prompts": run.prompts_path,
            "scorer": run.scorer, "ppl_text": run.ppl_text or ""}
     for k in ("report", "cache_dir", "probe", "prompts", "ppl_text"):
         if cfg.get(k):
@@ -114,6 +129,34 @@ COLORS = {"TP↓": "#c0392b", "TN↓": "#e67e22", "AP↓": "#2980b9", "AN↓": "
           "TP↑": "#f1948a", "TN↑": "#f8c471", "AP↑": "#85c1e9", "AN↑": "#76d7c4"}
 
 
+def per_layer_figure(summary: dict, n_layers: int):
+    """Per-layer Σ Δ stacked by Definition-B group (reductions above 0, increases below) and the
+    net. The legend sits below the axes, outside them, so it never covers a bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    x = np.arange(n_layers)
+    bottom_pos, bottom_neg = np.zeros(n_layers), np.zeros(n_layers)
+    for g in GROUPS_B:
+        vals = np.asarray(summary["per_layer"]["group_b"][g], dtype=np.float64)
+        bottom = bottom_pos if g.endswith("↓") else bottom_neg
+        ax.bar(x, vals, bottom=bottom.copy(), color=COLORS[g], label=g, width=0.8)
+        bottom += vals
+    ax.plot(x, summary["per_layer"]["net"], "k.-", label="net Σ Δ")
+    ax.set_xticks(x)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("Σ Δ (probe-projection units)")
+    ax.set_title("Per-layer reduction (↓, above 0) and increase (↑, below 0) by group")
+    # Below the x-axis label, in one row: savefig(bbox_inches="tight") keeps it in the image.
+    ax.legend(ncol=len(GROUPS_B) + 1, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2),
+              frameon=False, columnspacing=1.2, handlelength=1.5)
+    return fig
+
+
 def figures(result: SuiteResult, max_points: int = 20000) -> dict[str, str]:
     import matplotlib
 
@@ -125,26 +168,9 @@ def figures(result: SuiteResult, max_points: int = 20000) -> dict[str, str]:
     out = {}
 
     # 1. per-layer net and gross reduction by group
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    out["per_layer"] = _png(per_layer_figure(s, a.n_layers))
     L = a.n_layers
     x = np.arange(L)
-    bottom_pos, bottom_neg = np.zeros(L), np.zeros(L)
-    for g in GROUPS_B:
-        vals = np.asarray(s["per_layer"]["group_b"][g])
-        if g.endswith("↓"):
-            ax.bar(x, vals, bottom=bottom_pos, color=COLORS[g], label=g, width=0.8)
-            bottom_pos += vals
-        else:
-            ax.bar(x, vals, bottom=bottom_neg, color=COLORS[g], label=g, width=0.8)
-            bottom_neg += vals
-    ax.plot(x, s["per_layer"]["net"], "k.-", label="net Σ Δ")
-    ax.set_xticks(x)
-    ax.axhline(0, color="k", lw=0.5)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("Σ Δ (probe-projection units)")
-    ax.set_title("Per-layer reduction (↓, above 0) and increase (↑, below 0) by group")
-    ax.legend(ncol=5, fontsize=7, loc="best")
-    out["per_layer"] = _png(fig)
 
     # 2. the four-group bar chart
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -171,7 +197,8 @@ def figures(result: SuiteResult, max_points: int = 20000) -> dict[str, str]:
     ax.set_xlabel("cos(v_base, w)")
     ax.set_ylabel("Δ = proj_base − proj_dpo")
     ax.set_title("Neuron contributions" + (f" ({max_points} sampled)" if cos.size > max_points else ""))
-    ax.legend(ncol=4, fontsize=7, markerscale=3)
+    ax.legend(ncol=len(GROUPS_B), fontsize=7, markerscale=3, loc="upper center", bbox_to_anchor=(0.5, -0.15),
+              frameon=False)  # outside the axes: the points near 0 are the dense ones
     out["scatter"] = _png(fig)
 
     # 4. distribution of delta
@@ -257,14 +284,79 @@ def fmt(x, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
+#: What each status means, in the words of the report's legend (``verdicts`` defines them).
+STATUS_LEGEND = (
+    ("pass", "pass", "the measured value meets the threshold (interval reading: its whole 95% interval does)"),
+    ("fail", "fail", "the value misses the threshold, is not finite or lies outside the range where it means "
+                     "what the claim says, or the claim regressed against the baseline; fails the run"),
+    ("inconclusive", "inconclusive", "interval reading only: the 95% interval straddles the threshold; more "
+                                     "prompts would decide it; fails the run"),
+    ("not_checked", "not checked", "a gate claim that could not be computed (an input is missing); fails the "
+                                   "run: the gate never passes what it did not check"),
+    ("not_meaningful", "not meaningful", "a claim it rests on failed (probe validity C24, fluency C2, DPO lowers "
+                                         "toxicity C1), so its numbers do not mean what it says; fails the run"),
+    ("known", "known failure", "did not hold in the baseline either and did not get worse, or is accepted in "
+                               "the configuration; reported as xfail, does not fail the run"),
+    ("skip", "skipped", "an exploratory claim that does not apply to this pair (the reason is given); does not "
+                        "fail the run"),
+)
+
+
 def render_html(doc: dict, figs: dict[str, str]) -> str:
     from jinja2 import Environment, PackageLoader, select_autoescape
+
+    from .summary import GROUPS, group_claims, verdict, verdict_line
 
     env = Environment(loader=PackageLoader("mechclaims", "templates"),
                       autoescape=select_autoescape(["html", "j2"]))
     env.filters["fmt"] = fmt
     env.filters["pct"] = lambda x: "n/a" if x is None else f"{x:.1%}"
-    return env.get_template("claims.html.j2").render(doc=doc, figs=figs, groups=GROUPS_B)
+    members = group_claims(doc)
+    has_baseline = bool((doc.get("inputs") or {}).get("baseline"))
+    # The header: every claim in exactly one group, as the terminal's verdict line counts them.
+    # The groups a gate asks about are always shown (0 included); the others when not empty.
+    always = {"failed", "inconclusive", "not_checked", "not_meaningful", "passed"}
+    if has_baseline:
+        always.add("regressed")
+    header = [{"group": g, "words": words + ("s" if g == "known_failure" and len(members[g]) != 1 else ""),
+               "ids": members[g]} for g, words in GROUPS if members[g] or g in always]
+    notes = {c["id"]: claim_note(c, has_baseline) for c in doc.get("claims") or []}
+    n_prompts = ((doc.get("provenance") or {}).get("prompts") or {}).get("n")
+    decide = {c["id"]: {k["name"]: decide_note(k, n_prompts) for k in c.get("checks") or []
+                        if k.get("verdict") == "inconclusive"} for c in doc.get("claims") or []}
+    return env.get_template("claims.html.j2").render(
+        doc=doc, figs=figs, groups=GROUPS_B, header=header, verdict=verdict(doc), verdict_line=verdict_line(doc),
+        notes=notes, decide=decide, legend=STATUS_LEGEND, set_base=SET_BASE, set_dpo=SET_DPO)
+
+
+def claim_note(claim: dict, has_baseline: bool) -> str:
+    """What the report says under a claim's statement: its reason, less what the row already
+    shows elsewhere, so each fact appears once. An inconclusive claim's reason restates its
+    values and intervals (the Measured column shows them; its checks say how many prompts would
+    decide them); a regression's ``REGRESSED ...`` parts restate the Baseline column."""
+    if claim.get("status") == "inconclusive":
+        return ""
+    reason = claim.get("reason") or ""
+    if has_baseline and "REGRESSED " in reason:
+        # suite joins the reason's parts with "; "; a REGRESSED part holds none itself.
+        reason = "; ".join(part for part in reason.split("; ") if not part.startswith("REGRESSED "))
+    return reason
+
+
+def decide_note(check: dict, n_prompts: int | None) -> str:
+    """For an inconclusive check: what would decide it (``verdicts.prompts_to_decide``)."""
+    from .verdicts import MIN_CHUNKS, prompts_to_decide
+
+    ci = check.get("ci")
+    if not ci:
+        return (f"no interval (at least {MIN_CHUNKS} prompt chunks and --bootstrap >= 20 are needed), so the "
+                "gate cannot tell")
+    need = None
+    if n_prompts and None not in (check.get("value"), check.get("threshold"), *ci):
+        need = prompts_to_decide(check["value"], ci[0], ci[1], check["threshold"], int(n_prompts))
+    if need is None:
+        return "the value sits on the threshold: more prompts will not decide it"
+    return f"about {need} prompts (now {n_prompts}) would decide it if the effect stays the same"
 
 
 def write_reports(result: SuiteResult) -> tuple[Path, Path]:
@@ -277,6 +369,11 @@ def write_reports(result: SuiteResult) -> tuple[Path, Path]:
     if not world().is_writer:
         return html_path, json_path
     doc = build_document(result)
-    atomic_write_text(json_path, json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False))
-    atomic_write_text(html_path, render_html(doc, figures(result)))
+    text, html = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False), render_html(doc, figures(result))
+    from .outputs import writing  # a full disk: OutputPathError naming the path and the reason
+
+    with writing("the JSON beside --report", json_path):
+        atomic_write_text(json_path, text)
+    with writing("--report", html_path):
+        atomic_write_text(html_path, html)
     return html_path, json_path

@@ -61,11 +61,20 @@ class RunSpec:
         return self.config.json_report
 
     def inputs(self) -> dict:
-        """What the run reads, as shown in reports (paths relative to the working directory)."""
+        """What the run reads, as shown in reports (paths relative to the working directory), with
+        the content hashes a baseline must share (``baseline.MUST_MATCH``)."""
         return {"model": self.model.describe(), "base": {**self.base.describe(), "from": self.base_from},
                 "probe": display_path(self.probe_path), "prompts": display_path(self.prompts_path),
                 "scorer": self.scorer, "ppl_text": display_path(self.ppl_text) if self.ppl_text else None,
-                "baseline": self.baseline_label}
+                "baseline": self.baseline_label, **self.content_keys()}
+
+    def content_keys(self) -> dict:
+        """The scorer's and the perplexity text's content hashes and the perplexity settings."""
+        from .perplexity import SETTINGS as PPL_SETTINGS
+
+        return {"scorer_sha256": scorer_sha256(self.scorer),
+                "ppl_text_sha256": _file_sha256(self.ppl_text) if self.ppl_text else None,
+                "perplexity": dict(PPL_SETTINGS) if self.ppl_text else None}
 
     @property
     def baseline_label(self) -> str | None:
@@ -115,18 +124,23 @@ def resolve_run(cfg: ClaimsConfig) -> RunSpec:
     check_device(cfg.device)
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
     _check_writable_dir(cache_dir, "--cache-dir (or MECHCLAIMS_CACHE_DIR)")
+    from .inspect_source import check_not_same, inspect_pair
+
+    inspect_pair(cfg.model, base_s, base_from)  # config, tokenizer, headers, pickles: before hashing or loading
     base = resolve_source(base_s, memo_dir=cache_dir)
     model = resolve_source(cfg.model, base=base, memo_dir=cache_dir)
+    check_not_same(model, base, base_from)
     dims = model_dims(base)
     probe = load_probe(probe_s, d_model=dims.get("d_model"))
     prompts = tuple(read_prompts(prompts_s))
     _check_context(cfg, dims)
     scorer = resolve_scorer_spec(cfg.scorer, organism_default=defaults.get("scorer"), probe=probe)
-    ppl_text = cfg.ppl_text or defaults.get("ppl_text") or None
+    ppl_text = cfg.ppl_text or defaults.get("ppl_text") or _default_ppl_text(base)
     if ppl_text and not Path(ppl_text).expanduser().is_file():
         raise ConfigError(f"--ppl-text {ppl_text!r} is not a file (looked at {Path(ppl_text).resolve()}); "
                           "expected a UTF-8 text file to measure perplexity on (e.g. WikiText-2 test).")
-    baseline_doc, baseline_model = _baseline(cfg, base, probe, prompts, cache_dir)
+    content = RunSpec(cfg, None, None, None, "", (), "", scorer, ppl_text, None).content_keys()
+    baseline_doc, baseline_model = _baseline(cfg, base, probe, prompts, cache_dir, content)
     check_device_map(cfg.device_map, base, model, *([baseline_model] if baseline_model else []))
     spec = RunSpec(cfg, model, base, probe, str(probe_s), prompts, str(prompts_s), scorer, ppl_text,
                    cache_dir, arch, base_from, baseline_doc, baseline_model)
@@ -134,7 +148,41 @@ def resolve_run(cfg: ClaimsConfig) -> RunSpec:
     return spec
 
 
-def _baseline(cfg: ClaimsConfig, base: Source, probe, prompts, cache_dir):
+def _default_ppl_text(base: Source) -> str:
+    """Fluency is a gate claim (C2), so it always has a text: an organism base's held-out text (its
+    own tokenizer's language), else mechclaims' shipped English reference prose."""
+    if base.kind == "organism":
+        from . import organism
+
+        arch, _ = organism.split_name(base.location)
+        return str(organism.layout(arch).defaults()["heldout"])
+    from .perplexity import default_ppl_text
+
+    return default_ppl_text()
+
+
+def scorer_sha256(scorer: str | None) -> str | None:
+    """The scorer's content hash (a lexicon's file, a registered scorer's code), so a baseline
+    scored otherwise is refused and cached scores are keyed on what scored them."""
+    if scorer is None:
+        return None
+    from . import scoring
+
+    digest = getattr(scoring, "scorer_digest", None)
+    if digest is not None:
+        return digest(scorer)
+    import hashlib
+
+    return hashlib.sha256(scorer.encode()).hexdigest()
+
+
+def _file_sha256(path: str) -> str:
+    from .cache import sha256_file
+
+    return sha256_file(Path(path).expanduser())
+
+
+def _baseline(cfg: ClaimsConfig, base: Source, probe, prompts, cache_dir, content_keys: dict):
     """(report, None) for a claims.json baseline, checked against this run's settings;
     (None, Source) for a model baseline, run on this run's base; (None, None) without one."""
     if not cfg.baseline:
@@ -148,7 +196,8 @@ def _baseline(cfg: ClaimsConfig, base: Source, probe, prompts, cache_dir):
         mine = {"provenance": {"prompts": {"sha256": prompts_sha256(list(prompts))}, "probe": {"sha256": probe.sha256},
                                "base": {"sha256": base.sha256},
                                "settings": {"positions": cfg.positions, "max_new_tokens": cfg.max_new_tokens,
-                                            "max_prompt_tokens": cfg.max_prompt_tokens}}}
+                                            "max_prompt_tokens": cfg.max_prompt_tokens}},
+                "inputs": content_keys}
         bl.check_compatible(doc, mine, display_path(cfg.baseline))
         return doc, None
     return None, resolve_source(cfg.baseline, base=base, memo_dir=cache_dir)
@@ -194,6 +243,11 @@ def check_device_map(device_map: str, *sources: Source) -> None:
         import accelerate  # noqa: F401
     except ImportError as exc:
         raise ConfigError(f"--device-map {device_map!r} needs Accelerate: pip install accelerate.") from exc
+    from .devices import check_map_devices, check_map_modules
+
+    check_map_devices(parse_device_map(device_map))  # every GPU it names exists on this machine
+    for s in dict.fromkeys(sources):  # every module it names exists; every weight is placed
+        check_map_modules(parse_device_map(device_map), _config_json(s), s.label)
 
 
 def model_dims(source: Source) -> dict:
@@ -242,44 +296,41 @@ def _check_context(cfg: ClaimsConfig, dims: dict) -> None:
             f"{ctx - cfg.max_prompt_tokens}.")
 
 
-def check_outputs(spec: RunSpec) -> None:
-    """No output may overwrite an input or another output; the report location must be writable."""
+def check_outputs(spec: RunSpec, outputs=(), inputs=()) -> None:
+    """No output may overwrite an input or another output, and every output must be writable
+    (``mechclaims.outputs``: the rule, symlinks, devices). ``outputs`` and ``inputs`` add what
+    the RunSpec does not know: the plugin's ``--junitxml`` and ``--html``, the claims config,
+    the collected test files."""
+    from .outputs import CACHE, Input, Output, check, inputs as files_read, source_inputs
+
     html = Path(spec.config.report).expanduser().resolve()
     js = spec.json_report.expanduser().resolve()
     if html.suffix.lower() == ".json" or html == js:
         raise OutputPathError(
             f"--report {spec.config.report!r} would put the HTML report where claims.json goes; "
             "expected an .html path (the JSON is written beside it with the suffix .json).")
-    inputs = {Path(p).expanduser().resolve(): opt for opt, p in
-              (("--probe", spec.probe_path), ("--prompts", spec.prompts_path), ("--ppl-text", spec.ppl_text),
-               ("--baseline", spec.config.baseline if spec.baseline_report is not None else None))
-              if p}
-    for src in (spec.model, spec.base):
-        if src.kind in ("dir", "weights"):
-            inputs[Path(src.location).resolve()] = "a model source"
-    for out in (html, js):
-        if out in inputs:
-            raise OutputPathError(f"--report would write {out}, which is {inputs[out]}; choose another path.")
-        for inp, what in inputs.items():
-            if inp.is_dir() and inp in out.parents:
-                raise OutputPathError(f"--report would write {out} inside {what} ({inp}); choose another path.")
-        if out.exists() and out.is_dir():
-            raise OutputPathError(f"--report {str(out)!r} is a directory; expected a file path such as "
-                                  "reports/claims.html.")
-    _check_writable_dir(html.parent, "--report")
+    default = ClaimsConfig().report
+    note = (f" (the default --report {default} is relative to the working directory {Path.cwd()}: run from "
+            "another directory or pass --report PATH)" if html == (Path.cwd() / default).resolve() else "")
+    c = spec.config
+    scorer_file = (spec.scorer or "").partition(":")[2]
+    read = files_read((("--probe", spec.probe_path), ("--prompts", spec.prompts_path), ("--ppl-text", spec.ppl_text),
+                       ("--baseline", c.baseline if spec.baseline_report is not None else None),
+                       ("--scorer", scorer_file if scorer_file and Path(scorer_file).expanduser().exists() else None)))
+    read += source_inputs("--model", spec.model) + source_inputs("--base", spec.base)
+    if spec.baseline_model is not None:
+        read += source_inputs("--baseline", spec.baseline_model)
+    read.append(Input("--cache-dir", spec.cache_dir, CACHE))
+    check([Output("--report", html, note=note), Output("the JSON beside --report", js, note=note), *outputs],
+          [*read, *inputs])
 
 
 def _check_writable_dir(d: Path, option: str) -> None:
-    """The nearest existing ancestor of ``d`` must be a writable directory."""
-    import os
+    """Files can be created in ``d`` (or its nearest existing ancestor): a temporary file is
+    created and removed there, since ``os.access`` says yes to root even for /proc."""
+    from .outputs import check_writable_dir
 
-    probe = d
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise OutputPathError(f"{option}: cannot write into {d} ({probe} is "
-                              f"{'not a directory' if not probe.is_dir() else 'read-only'}); choose a "
-                              "writable location.")
+    check_writable_dir(d, option)
 
 
 __all__ = ["RunSpec", "resolve_run", "model_dims", "check_outputs", "organism_defaults"]

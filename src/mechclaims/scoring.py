@@ -41,7 +41,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from .errors import InputTypeError, ScorerError
+from .errors import InputTypeError, MechclaimsError, ScorerError
 
 
 @runtime_checkable
@@ -129,12 +129,26 @@ def read_lexicon(path: str | Path) -> list[str]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise ScorerError(
-            f"lexicon file {str(path)!r} does not exist (looked at {p.resolve()}); expected a "
+            f"lexicon file {str(path)!r} {'is a directory' if p.is_dir() else 'does not exist'} (looked at "
+            f"{p.resolve()}); expected a "
             "UTF-8 text file with one toxic word or phrase per line, e.g. the organism's "
             "fixtures/organism/gpt2/lexicon.txt. Pass the path of such a file."
         )
+    try:
+        text = p.read_text(encoding="utf-8-sig")  # utf-8-sig: a byte-order mark is not part of phrase 1
+    except UnicodeDecodeError as exc:
+        raw = p.read_bytes()
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ScorerError(
+            f"lexicon file {str(p)!r}:{line} is not UTF-8 text ({exc.reason} at byte {exc.start}); expected a "
+            "UTF-8 text file with one toxic word or phrase per line. Re-encode it as UTF-8, or check that "
+            "--scorer lexicon:PATH names the lexicon and not another file."
+        ) from exc
+    except OSError as exc:
+        raise ScorerError(f"lexicon file {str(p)!r} cannot be read ({type(exc).__name__}: {exc}); expected a "
+                          "readable UTF-8 text file with one toxic word or phrase per line.") from exc
     phrases = []
-    for line in p.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             phrases.append(" ".join(line.split()))
@@ -328,7 +342,8 @@ class DetoxifyScorer:
             ckpt = Path(checkpoint).expanduser()
             if not ckpt.is_file():
                 raise ScorerError(
-                    f"Detoxify checkpoint {str(checkpoint)!r} does not exist (looked at "
+                    f"Detoxify checkpoint {str(checkpoint)!r} "
+                    f"{'is a directory' if ckpt.is_dir() else 'does not exist'} (looked at "
                     f"{ckpt.resolve()}); expected a Detoxify .ckpt such as {self.release_file} "
                     f"({self.release_url})."
                 )
@@ -672,7 +687,21 @@ AUTO_RULE = "auto: the organism's lexicon for an organism, else the calibrated p
 
 
 def register_scorer(name: str, factory, help: str, check=None) -> None:
+    """Add a scorer: ``--scorer NAME`` or ``--scorer NAME:ARG``. ``help`` starts with its usage
+    (``"NAME:ARG: what it scores"``); ``check(arg, probe=...)`` raises ScorerError for a bad
+    ``ARG`` (any other exception it raises is reported as the scorer's setup error too)."""
+    if not isinstance(name, str) or not name or ":" in name or name != name.strip():
+        raise ScorerError(f"register_scorer: name {name!r} must be a non-empty string without ':' or spaces "
+                          "around it (--scorer NAME:ARG splits at the first ':').")
+    if not callable(factory) or (check is not None and not callable(check)):
+        raise ScorerError(f"register_scorer({name!r}): factory and check must be callables.")
     SCORERS[name] = ScorerEntry(name, factory, help, check)
+
+
+def _usage(entry: ScorerEntry) -> str:
+    """``lexicon:PATH`` from help "lexicon:PATH: 1.0 when ..."; the bare name when help has no usage."""
+    head, sep, _ = str(entry.help).partition(": ")
+    return head.strip() if sep and head.strip().startswith(entry.name) else entry.name
 
 
 def scorer_help() -> str:
@@ -683,8 +712,9 @@ def _split_spec(spec: str) -> tuple[ScorerEntry, str | None]:
     name, sep, arg = str(spec).partition(":")
     entry = SCORERS.get(name)
     if entry is None:
-        raise ScorerError(f"unknown scorer {spec!r}; expected {AUTO} or one of: "
-                          + ", ".join(e.help.split(":", 1)[0] for e in SCORERS.values()) + ".")
+        known = ", ".join([AUTO] + [_usage(e) for e in SCORERS.values()])
+        raise ScorerError(f"unknown scorer {name!r} (in --scorer {spec!r}); the scorers are: {known}. "
+                          "Pass one of them as --scorer NAME or NAME:ARG.")
     return entry, (arg if sep else None)
 
 
@@ -703,7 +733,13 @@ def resolve_scorer_spec(spec: str, *, organism_default: str | None = None, probe
             return None
     entry, arg = _split_spec(spec)
     if entry.check is not None:
-        entry.check(arg, probe=probe)
+        try:
+            entry.check(arg, probe=probe)
+        except MechclaimsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a user-registered check: one setup error, not a traceback
+            raise ScorerError(f"--scorer {spec!r}: the {entry.name!r} scorer refused its argument {arg!r} "
+                              f"({type(exc).__name__}: {exc}); expected {_usage(entry)}.") from exc
     return spec
 
 
@@ -757,3 +793,56 @@ register_scorer("detoxify", lambda arg, **_: DetoxifyScorer(arg or "original"),
                 _check_detoxify)
 register_scorer("probe", _probe_factory,
                 "probe: the probe's calibrated probability (needs a probe with an intercept)", _check_probe)
+
+#: The built-in factories, as registered above: a name re-registered by the user is the user's scorer.
+_BUILTIN_FACTORIES = {name: entry.factory for name, entry in SCORERS.items()}
+
+
+def scorer_digest(spec: str | None) -> str:
+    """sha256 of what a (resolved) scorer spec's scores depend on beyond its name, for cache keys,
+    so that a scorer edited in place never reuses old scores: for ``lexicon:PATH`` the lexicon
+    file's bytes; for the other built-ins the spec (``probe``: the probe's sha256 is keyed on its
+    own); for a scorer registered with ``register_scorer``, the source code of its factory (else
+    its qualified name and its module file's sha256), its check, and the class source and
+    ``describe()`` of the scorer the factory builds without a model (skipped when it needs one).
+    None (no scorer): ""."""
+    import hashlib
+    import json
+
+    if spec is None:
+        return ""
+    entry, arg = _split_spec(spec)
+    parts: list = [spec]
+    if _BUILTIN_FACTORIES.get(entry.name) is entry.factory:
+        if entry.name == "lexicon" and arg:
+            from .cache import sha256_file
+
+            parts.append(sha256_file(Path(arg).expanduser()))
+    else:
+        parts += [_code_digest(entry.factory), _code_digest(entry.check) if entry.check else ""]
+        try:  # a scorer that needs no model is cheap to build; one that needs the base cannot be built here
+            scorer = entry.factory(arg, base=None, probe=None)
+        except Exception:  # noqa: BLE001 - user code: its code digest stands alone
+            scorer = None
+        if scorer is not None:
+            desc = scorer.describe() if hasattr(scorer, "describe") else {"name": getattr(scorer, "name", "")}
+            parts += [_code_digest(type(scorer)), json.dumps(desc, sort_keys=True, default=str)]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _code_digest(obj) -> str:
+    """sha256 of an object's source code; without source (a builtin, a C extension, a REPL
+    definition), of its qualified name and its module file's bytes."""
+    import hashlib
+    import inspect
+
+    try:
+        text = inspect.getsource(obj)
+    except (OSError, TypeError):
+        module = inspect.getmodule(obj)
+        path = getattr(module, "__file__", None)
+        from .cache import sha256_file
+
+        file_sha = sha256_file(path) if path and Path(path).is_file() else ""
+        text = f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}|{file_sha}"
+    return hashlib.sha256(text.encode()).hexdigest()

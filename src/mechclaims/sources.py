@@ -28,19 +28,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import sha256_file_memo
+from .cache import HASHED_SUFFIXES, sha256_file_memo, sha256_model_dir
 from .errors import ModelNotFound, ModelSourceError
 from .provenance import display_path
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
-# Files whose bytes define a checkpoint's behaviour; hashed for the content address.
-HASHED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".model", ".txt")
 KINDS = ("dir", "hub", "weights", "adapter", "organism")
 ORGANISM_PREFIX = "organism:"
 ADAPTER_CONFIG = "adapter_config.json"
-# Trainer state in checkpoint-N/ folders: not the model, and large (optimizer.pt), so not hashed.
-NOT_MODEL_FILES = ("optimizer.pt", "optimizer.bin", "scheduler.pt", "training_args.bin", "trainer_state.json")
-NOT_MODEL_PREFIXES = ("rng_state",)
 _WEIGHT_FILE_GLOBS = ("model*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
 
 
@@ -95,7 +90,7 @@ def parse_source(source: str, *, base: str | None = None) -> Source:
             "BASE::WEIGHTS, or organism:NAME."
         )
     source = source.strip()
-    if source.startswith(ORGANISM_PREFIX):
+    if source.startswith(ORGANISM_PREFIX) and "::" not in source:  # organism:gpt2-base::W is BASE::WEIGHTS
         from . import organism
 
         name = source[len(ORGANISM_PREFIX):]
@@ -121,22 +116,50 @@ def parse_source(source: str, *, base: str | None = None) -> Source:
             raise ModelSourceError(
                 f"{source!r} is a PEFT adapter directory whose {ADAPTER_CONFIG} names no base model "
                 "(base_model_name_or_path); give the base: --base BASE or BASE::" + source + ".")
-        return Source("adapter", str(path.resolve()), parse_source(base_str))
+        try:
+            return Source("adapter", str(path.resolve()), parse_source(base_str))
+        except ModelSourceError as exc:
+            if base:
+                raise
+            raise type(exc)(f"the base of the adapter {source!r} comes from {path / ADAPTER_CONFIG} "
+                            f"(base_model_name_or_path; a relative path is read from the adapter directory): "
+                            f"{exc} Give the base with --base BASE (or BASE::{source}), or correct "
+                            "base_model_name_or_path.") from exc
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise ModelSourceError(
-                f"{source!r} is a directory but has no config.json; expected a Hugging Face "
-                "model directory written by save_pretrained()."
-            )
+            raise ModelSourceError(_no_config_message(source, path))
         return Source("dir", str(path.resolve()))
     looks_local = (source.startswith((".", "/", "~")) or os.sep + os.sep in source
                    or source.count("/") > 1 or path.suffix.lower() in HASHED_SUFFIXES)
+    if path.exists():  # a file, and no weights file (handled above): not a model source
+        where = f" ({path.resolve().parent})" if path.name == "config.json" else ""
+        raise ModelSourceError(
+            f"model path {source!r} is a file ({path.resolve()}), not a model directory; expected a local HF "
+            "directory (config.json and weights, as save_pretrained writes them), BASE::WEIGHTS for a weights "
+            f"file, a hub id, or organism:NAME. Pass the directory that holds the model{where}.")
     if looks_local:
         raise ModelNotFound(
             f"model path {source!r} does not exist (looked at {path.resolve()}). Expected a "
             "local HF directory, a hub id such as gpt2-medium, BASE::WEIGHTS, or organism:NAME."
         )
     return Source("hub", source)
+
+
+def _no_config_message(source: str, path: Path) -> str:
+    """What a directory without config.json holds, and what to pass instead."""
+    names = sorted(f.name + ("/" if f.is_dir() else "") for f in path.iterdir())
+    ckpts = [n for n in names if n.startswith("checkpoint-") and n.endswith("/")]
+    if ckpts:
+        hint = (f" It holds trainer checkpoints ({', '.join(ckpts[:3])}{', ...' if len(ckpts) > 3 else ''}): "
+                "pass one of them, or run `mechclaims sweep` over this directory.")
+    elif not names:
+        hint = " It is empty."
+    else:
+        hint = (f" It holds {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}: save the model there with "
+                "save_pretrained (config.json is written beside the weights), or pass the directory that has it.")
+    return (f"{source!r} is a directory ({path.resolve()}) without config.json; expected a Hugging Face model "
+            f"directory written by save_pretrained() (config.json and weights), or a PEFT adapter directory "
+            f"({ADAPTER_CONFIG}).{hint}")
 
 
 def is_adapter_dir(path) -> bool:
@@ -155,16 +178,31 @@ def adapter_base(path) -> str | None:
         raise ModelSourceError(f"{Path(str(path)) / ADAPTER_CONFIG} is not readable JSON ({exc}); is the "
                                "adapter directory complete?") from exc
     base = cfg.get("base_model_name_or_path") if isinstance(cfg, dict) else None
-    return base if isinstance(base, str) and base.strip() else None
-
-
-def _is_model_file(f: Path) -> bool:
-    return (f.name.endswith(HASHED_SUFFIXES) and f.name not in NOT_MODEL_FILES
-            and not f.name.startswith(NOT_MODEL_PREFIXES))
+    if not (isinstance(base, str) and base.strip()):
+        return None
+    base = base.strip()
+    # A relative local path is read from the adapter directory (where the file is), not from the
+    # working directory of whoever runs the claims; the working directory is kept only where the
+    # path exists there and not beside the adapter (PEFT writes the path as the trainer was given it).
+    local = base.startswith((".", "~")) or os.sep + os.sep in base or base.count("/") > 1
+    beside = Path(str(path)).expanduser() / base
+    if base.startswith(ORGANISM_PREFIX) or Path(base).expanduser().is_absolute():
+        return base
+    if beside.exists():
+        return str(beside.resolve())
+    if local and not Path(base).expanduser().exists():
+        return str(beside.resolve())  # not found: the error names the path beside the adapter
+    return base
 
 
 def _check_weights_path(weights: str) -> str:
     path = Path(weights).expanduser()
+    if path.is_dir():
+        raise ModelSourceError(
+            f"the weights part {weights!r} of BASE::WEIGHTS is a directory ({path.resolve()}), not a weights file; "
+            "expected a .safetensors or .pt file with a state dict for the base architecture. A model directory "
+            "is given on its own (--model DIR, with --base BASE); a PEFT adapter directory needs "
+            f"{ADAPTER_CONFIG} and no full weights.")
     if not path.is_file():
         raise ModelNotFound(
             f"weights file {weights!r} does not exist (looked at {path.resolve()}); expected a "
@@ -196,7 +234,10 @@ def resolve_source(source: "str | Source", *, base: "str | Source | None" = None
 
 
 def _sha256(spec: Source, base: Source | None, memo_dir) -> str:
-    """Content hash of a model source (the files that define its weights and config)."""
+    """Content hash of a model source: the files that define its weights and config, hashed by
+    ``cache.sha256_model_dir`` for a directory, a hub snapshot, an adapter and an organism alike,
+    so the same files give the same sha256 however they are named. A sharded checkpoint whose
+    index names a shard outside its directory is refused here, before any weights load."""
     if spec.kind == "organism":
         from . import organism
 
@@ -209,14 +250,7 @@ def _sha256(spec: Source, base: Source | None, memo_dir) -> str:
     root = Path(spec.location) if spec.kind in ("dir", "adapter") else hub_snapshot_dir(spec.location)
     if root is None:
         return hub_id_sha256(spec.location)
-    h = hashlib.sha256()
-    if spec.kind == "adapter":
-        h.update(f"adapter on {base.sha256}".encode())
-    for f in sorted(root.rglob("*")):
-        if f.is_file() and _is_model_file(f):
-            h.update(str(f.relative_to(root)).encode())
-            h.update(sha256_file_memo(f, memo_dir).encode())
-    return h.hexdigest()
+    return sha256_model_dir(root, memo_dir, adapter_on=base.sha256 if spec.kind == "adapter" else None)
 
 
 def hub_id_sha256(repo_id: str) -> str:

@@ -415,7 +415,9 @@ def collect_pair(base, model, prompts: list[str], probe, settings: StatsSettings
         T, bs = settings.max_new_tokens, settings.batch_size
         starts = list(range(0, len(rows), bs))  # the batches; the same for any number of ranks
         bar = tqdm(total=len(rows), unit="prompt", desc="mechclaims stats", leave=False,
-                   disable=(None if progress is None else not progress) or not w.is_writer)
+                   # None: tqdm's own rule, no bar unless stderr is a terminal (`None or False` was
+                   # False: a bar, with its '\r's, in every log file and captured stderr)
+                   disable=True if not w.is_writer else (None if progress is None else not progress))
         with acc_b, acc_m:
             for r0 in range(0, len(starts), w.world_size):
                 local = []

@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .claim import Check, ClaimContext, ClaimSpec
+from .claim import REGISTRY, Check, ClaimContext, ClaimSpec
 from .errors import ConfigError
+from .verdicts import (MIN_CHUNKS, NOT_HOLDING, check_verdict, inconclusive_reason, pytest_outcome,
+                       resolve_reading)
 
 #: The claim whose failure puts every other claim's result in doubt (claims/test_probe_validity.py).
 PROBE_VALIDITY = "C24"
@@ -44,11 +46,15 @@ class CheckResult:
     unstable: bool       # the interval straddles the threshold
     out_of_range: bool = False  # the value lies outside the range where it means what it says
     baseline: object = None     # baseline.Comparison, when a baseline was given
+    has_interval: bool = True   # False: not resampled, or too few resamples/chunks (lo = hi = value)
+    verdict: str = ""           # pass | fail | inconclusive under the run's reading
+    note: str = ""              # for an inconclusive check: what would decide it
 
     def as_dict(self) -> dict:
         c = self.check
         return {"name": c.name, "label": c.label or c.name, "op": c.op, "threshold": c.threshold,
-                "value": self.value, "ci": [self.lo, self.hi], "holds": self.holds,
+                "value": self.value, "ci": [self.lo, self.hi] if self.has_interval else None,
+                "resampled": c.resampled, "verdict": self.verdict, "note": self.note, "holds": self.holds,
                 "holds_strict": self.holds_strict, "unstable": self.unstable,
                 "valid_range": list(c.valid) if c.valid else None, "out_of_range": self.out_of_range,
                 "baseline": self.baseline.as_dict() if self.baseline is not None else None}
@@ -57,12 +63,19 @@ class CheckResult:
 @dataclass
 class ClaimResult:
     spec: ClaimSpec
-    status: str                      # pass | fail | skip
+    status: str                      # one of verdicts.STATUSES
     reason: str = ""
     checks: list[CheckResult] = field(default_factory=list)
     details: dict = field(default_factory=dict)  # extra metric values with intervals
-    strict: bool = False                         # verdicts from the interval's pessimistic end
+    strict: bool = False                         # the interval reading (kept for old readers)
     flags: list[str] = field(default_factory=list)  # warnings from other claims (an invalid probe)
+    #: Why a claim that does not hold is not a new failure: "known failure since the baseline
+    #: (...)" or "accepted failure (...)"; pytest reports it as xfail. Empty otherwise.
+    known_failure: str = ""
+    baseline_status: str | None = None           # the claim's status in the baseline, if any
+    lost_coverage: bool = False                  # measured in the baseline, not now
+    #: A claim computed only because another selected claim needs it as a precondition.
+    precondition_only: bool = False
 
     @property
     def unstable(self) -> bool:
@@ -70,26 +83,44 @@ class ClaimResult:
 
     @property
     def regressed(self) -> bool:
-        return any(c.baseline is not None and c.baseline.regressed for c in self.checks)
+        return self.lost_coverage or any(c.baseline is not None and c.baseline.regressed for c in self.checks)
+
+    @property
+    def improved(self) -> bool:
+        return self.baseline_status in NOT_HOLDING and self.status == "pass"
+
+    @property
+    def outcome(self) -> str:
+        """What the claim's pytest test does: passed, failed, xfailed or skipped."""
+        return pytest_outcome(self)
 
     def message(self) -> str:
         parts = []
         for c in self.checks:
-            ok = "ok" if (c.holds_strict if self.strict else c.holds) else "FAILS"
+            ok = {"pass": "ok", "fail": "FAILS", "inconclusive": "INCONCLUSIVE"}.get(c.verdict, "FAILS")
+            if c.note:
+                ok += f", {c.note}"
             if c.out_of_range:
                 ok = f"FAILS: outside the meaningful range {list(c.check.valid)}"
-            parts.append(f"{c.check.label or c.check.name} = {c.value:.4g} "
-                         f"[{c.lo:.4g}, {c.hi:.4g}] (need {c.check.op} {c.check.threshold:g}: {ok})")
-            if c.baseline is not None and c.baseline.regressed:
-                parts.append(f"REGRESSED {c.check.name}: {c.baseline.message(c.value)}")
-        return f"{self.spec.id} {self.spec.slug}: " + "; ".join(parts)
+            ci = f" [{c.lo:.4g}, {c.hi:.4g}]" if c.has_interval else " (no interval)"
+            parts.append(f"{c.check.label or c.check.name} = {c.value:.4g}{ci} "
+                         f"(need {c.check.op} {c.check.threshold:g}: {ok})")
+            if c.baseline is not None and c.baseline.state == "inconclusive":
+                parts.append(f"possibly worse {c.check.name}: {c.baseline.message(c.value)}")
+        head = f"{self.spec.id} {self.spec.slug}: "
+        if self.status in ("not_checked", "not_meaningful", "skip") and not self.checks:
+            return head + self.reason
+        return head + "; ".join(parts)
 
     def as_dict(self) -> dict:
         s = self.spec
         return {"id": s.id, "slug": s.slug, "family": s.family, "statement": s.statement,
                 "source": s.source, "paper_value": s.paper_value, "needs": s.needs, "tags": list(s.tags),
-                "status": self.status, "reason": self.reason, "unstable": self.unstable,
-                "regressed": self.regressed, "flags": list(self.flags),
+                "requires": list(s.preconditions), "status": self.status, "outcome": self.outcome,
+                "reason": self.reason, "unstable": self.unstable, "regressed": self.regressed,
+                "lost_coverage": self.lost_coverage, "known_failure": self.known_failure,
+                "baseline_status": self.baseline_status, "improved": self.improved,
+                "precondition_only": self.precondition_only, "flags": list(self.flags),
                 "checks": [c.as_dict() for c in self.checks],
                 "details": self.details}
 
@@ -104,6 +135,18 @@ class SuiteResult:
     claims: list[ClaimResult]        # the claims that ran, in ID order
     bootstrap: dict
     boot_weights: list = field(default_factory=list, repr=False)
+    reading: str = "point"           # verdicts.READINGS, resolved
+    preconditions: list = field(default_factory=list)  # ClaimResults computed only as preconditions
+
+    def counts(self) -> dict[str, int]:
+        """Claims per status, plus regressed / known failures / improved (a claim may be in two)."""
+        from .verdicts import STATUSES
+
+        out = {s: sum(r.status == s for r in self.claims) for s in STATUSES}
+        out["regressed"] = sum(r.regressed for r in self.claims)
+        out["known_failure"] = sum(bool(r.known_failure) and r.outcome == "xfailed" for r in self.claims)
+        out["improved"] = sum(r.improved for r in self.claims)
+        return out
 
     @property
     def config(self):
@@ -111,12 +154,14 @@ class SuiteResult:
 
 
 def apply_thresholds(specs: dict[str, ClaimSpec], thresholds) -> dict[str, ClaimSpec]:
-    """Return specs with the configured overrides; unknown IDs or checks are a ConfigError."""
+    """Return specs with the configured overrides; unknown IDs or checks are a ConfigError. A
+    threshold for a declared claim that this run does not select (``-k``) is checked, not applied."""
     out = dict(specs)
     for cid, checks in thresholds.items():
-        if cid not in specs:
-            raise ConfigError(f"threshold given for unknown claim {cid!r}; known claims: {sorted(specs)}.")
-        spec = specs[cid]
+        spec = specs.get(cid) or REGISTRY.get(cid)
+        if spec is None:
+            raise ConfigError(f"threshold given for unknown claim {cid!r}; known claims: "
+                              f"{sorted(set(specs) | set(REGISTRY), key=id_key)}.")
         checks = dict(checks)
         if "*" in checks:
             if len(spec.checks) != 1:
@@ -124,8 +169,26 @@ def apply_thresholds(specs: dict[str, ClaimSpec], thresholds) -> dict[str, Claim
                     f"claim {cid} has several checks {[c.name for c in spec.checks]}; override one "
                     f"by name, e.g. {cid}.{spec.checks[0].name} = ... or {cid} = {{ {spec.checks[0].name} = ... }}.")
             checks[spec.checks[0].name] = checks.pop("*")
-        out[cid] = spec.with_thresholds(checks)
+        spec = spec.with_thresholds(checks)
+        if cid in specs:
+            out[cid] = spec
     return out
+
+
+def with_preconditions(specs: dict[str, ClaimSpec]) -> tuple[dict[str, ClaimSpec], set[str]]:
+    """The selected specs plus every declared precondition they need (transitively); and the IDs
+    added only as preconditions. A precondition whose claim was not collected is left out (the
+    claims that need it say so)."""
+    out, extra = dict(specs), set()
+    todo = [r for s in specs.values() for r in s.preconditions]
+    while todo:
+        cid = todo.pop()
+        if cid in out or cid not in REGISTRY:
+            continue
+        out[cid] = REGISTRY[cid]
+        extra.add(cid)
+        todo.extend(REGISTRY[cid].preconditions)
+    return out, extra
 
 
 def id_key(cid: str):
@@ -152,7 +215,10 @@ class ClaimSuite:
     def __init__(self, run, specs: dict[str, ClaimSpec]):
         self.run = run
         self.config = run.config
-        self.specs = apply_thresholds(specs, run.config.thresholds)
+        self.selected = set(specs)
+        all_specs, self.precondition_only = with_preconditions(specs)
+        self.specs = apply_thresholds(all_specs, run.config.thresholds)
+        self.reading = resolve_reading(self.config.reading, strict=self.config.strict)
         self.analysis = None
         self.behaviour = None
         self.baseline: _Side | None = None
@@ -174,15 +240,92 @@ class ClaimSuite:
         if run.baseline_model is not None:  # paired: same chunks, same bootstrap weights
             self.baseline = self._side(run.baseline_model, progress)
             self._claims(self.baseline, draw=False)
-        self.results = {cid: self._evaluate(cid, side) for cid in self.specs}
-        self._flag_invalid_probe()
+        baseline_statuses = self._baseline_statuses()
+        self.results = self._verdicts(side, compare=True, baseline_statuses=baseline_statuses)
 
-    def _flag_invalid_probe(self) -> None:
-        """Every claim reads the probe: when the probe-validity claim fails, each result says so."""
-        probe = self.results.get(PROBE_VALIDITY)
+    def _verdicts(self, side: _Side, *, compare: bool, baseline_statuses: dict | None) -> dict[str, ClaimResult]:
+        """Every claim's result on one side: its own checks, then its preconditions (in dependency
+        order), then the baseline's ratchet and the accepted list."""
+        results = {}
+        for cid in sorted(self.specs, key=self._precondition_depth):
+            r = self._evaluate(cid, side, compare=compare)
+            self._apply_preconditions(r, results)
+            r.precondition_only = cid in self.precondition_only
+            results[cid] = r
+        for r in results.values():
+            self._apply_baseline(r, (baseline_statuses or {}).get(r.spec.id))
+            self._apply_accepted(r)
+        self._flag_invalid_probe(results)
+        return dict(sorted(results.items(), key=lambda kv: id_key(kv[0])))
+
+    def _precondition_depth(self, cid: str) -> tuple:
+        """Preconditions first (C24, C2, C1, then the claims that read them)."""
+        depth, seen, todo = 0, set(), [cid]
+        while todo:
+            nxt = [r for c in todo if c in self.specs for r in self.specs[c].preconditions if r not in seen]
+            seen.update(nxt)
+            todo = nxt
+            depth += bool(nxt)
+        return (depth, id_key(cid))
+
+    def _apply_preconditions(self, r: ClaimResult, done: dict[str, ClaimResult]) -> None:
+        from .claim import PRECONDITIONS
+
+        failed, unchecked = [], []
+        for pid in r.spec.preconditions:
+            p = done.get(pid)
+            if p is None:
+                if pid in PRECONDITIONS:
+                    unchecked.append(f"{pid} ({PRECONDITIONS[pid]}) was not collected")
+                continue
+            what = PRECONDITIONS.get(pid, p.spec.slug)
+            if p.status == "fail":
+                failed.append(f"{pid} ({what}) failed: {p.message().split(': ', 1)[-1]}")
+            elif p.status == "not_meaningful":
+                failed.append(f"{pid} ({what}) is not meaningful either")
+            elif p.status in ("not_checked", "skip", "inconclusive"):
+                unchecked.append(f"{pid} ({what}) is {p.status.replace('_', ' ')}")
+        if failed and r.status in ("pass", "fail", "inconclusive"):
+            r.status = "not_meaningful" if r.spec.is_gate else "skip"
+            r.reason = "not meaningful: precondition " + "; ".join(failed)
+        for u in unchecked:
+            r.flags.append(f"precondition {u}: this result rests on it")
+
+    def _apply_baseline(self, r: ClaimResult, before: str | None) -> None:
+        """Lost coverage, the ratchet and improvements against the baseline's status."""
+        if before is None or r.spec.id not in self.selected:
+            return
+        from .baseline import MEASURED
+
+        r.baseline_status = before
+        if before in MEASURED and r.status in ("skip", "not_checked"):
+            r.lost_coverage = True
+            r.reason = f"lost coverage: measured in the baseline ({before}), not measured now: {r.reason}"
+            r.status = "fail"
+        elif before in NOT_HOLDING and r.status in NOT_HOLDING and not r.regressed:
+            r.known_failure = f"known failure since the baseline (baseline: {before}; not worse now)"
+
+    def _apply_accepted(self, r: ClaimResult) -> None:
+        if r.spec.id in self.config.accepted and r.status in NOT_HOLDING and not r.regressed and not r.known_failure:
+            r.known_failure = "accepted failure ([tool.mechclaims] accepted)"
+
+    def _baseline_statuses(self) -> dict[str, str] | None:
+        if self.baseline is not None:
+            return {cid: r.status for cid, r in self._verdicts(self.baseline, compare=False,
+                                                                   baseline_statuses=None).items()}
+        if self.run.baseline_report is not None:
+            from .baseline import report_statuses
+
+            return report_statuses(self.run.baseline_report)
+        return None
+
+    @staticmethod
+    def _flag_invalid_probe(results: dict[str, ClaimResult]) -> None:
+        """Claims that do not declare the probe as a precondition still read it: say so."""
+        probe = results.get(PROBE_VALIDITY)
         if probe is not None and probe.status == "fail":
-            for cid, r in self.results.items():
-                if cid != PROBE_VALIDITY:
+            for cid, r in results.items():
+                if cid != PROBE_VALIDITY and PROBE_VALIDITY not in r.spec.preconditions:
                     r.flags.append(f"{PROBE_VALIDITY} failed: the probe may not measure toxicity, so neither may this")
 
     def _side(self, model, progress) -> _Side:
@@ -210,18 +353,20 @@ class ClaimSuite:
         a = self.analysis.attribution
         gated = bool(self.analysis.provenance["base"]["gated_mlp"])
         return ClaimContext(n_layers=a.n_layers, d_mlp=a.d_mlp, gated_mlp=gated, top_k=self.config.top_k,
-                            probe_metadata=dict(getattr(self.run.probe, "metadata", {}) or {}))
+                            probe_metadata=dict(getattr(self.run.probe, "metadata", {}) or {}),
+                            base_sha256=str(self.analysis.provenance["base"].get("sha256") or ""))
 
     def _behaviour(self, an, progress):
         """Intervention results on the run's resolved inputs; the models and the scorer are
         opened only if the cache misses (they are the analysis's own when it loaded them)."""
         from .behaviour import evaluate
         from .cache import ResultCache
-        from .scoring import make_scorer
+        from .scoring import make_scorer, scorer_digest
 
         run, cfg = self.run, self.config
         key = {"base_sha256": an.provenance["base"]["sha256"], "model_sha256": an.provenance["model"]["sha256"],
-               "dtype": cfg.dtype, "scorer": run.scorer, "probe_sha256": an.provenance["probe"]["sha256"]}
+               "dtype": cfg.dtype, "scorer": run.scorer, "probe_sha256": an.provenance["probe"]["sha256"],
+               "scorer_digest": scorer_digest(run.scorer)}  # the lexicon's bytes, a registered scorer's code
         ppl_text = _read_text(run.ppl_text) if run.ppl_text else None
         return evaluate(an.open_models, list(run.prompts), an.attribution, an.stats,
                         lambda base: make_scorer(run.scorer, base=base, probe=run.probe), key=key,
@@ -274,12 +419,17 @@ class ClaimSuite:
         stats, wt = side.analysis.stats, side.analysis.weights
         K = stats.n_chunks
         if draw:
-            B = self.config.bootstrap if K > 1 else 0
+            B = self.config.bootstrap if K >= MIN_CHUNKS else 0
             rng = np.random.default_rng(self.config.seed)
             self.boot_weights = [rng.multinomial(K, np.full(K, 1.0 / K)).astype(np.float64) for _ in range(B)]
+            note = ""
+            if K < MIN_CHUNKS:
+                note = (f"{K} prompt chunk(s), fewer than {MIN_CHUNKS}: no interval (give at least {MIN_CHUNKS} "
+                        "prompts); the interval reading calls every resampled check inconclusive")
+            elif B == 0:
+                note = "--bootstrap 0: no interval; the interval reading calls every resampled check inconclusive"
             self.bootstrap_info = {"resamples": B, "seed": self.config.seed, "unit": "prompt chunk", "n_chunks": K,
-                                   "level": 0.95, "paired": True,
-                                   "note": "" if K > 1 else "one chunk only: no interval (point estimate shown)"}
+                                   "level": 0.95, "paired": True, "reading": self.reading, "note": note}
         B = len(self.boot_weights)
         boot = {cid: {k: np.full(B, np.nan) for k in vals} for cid, vals in side.point.items()}
         for b, w in enumerate(self.boot_weights):
@@ -303,39 +453,54 @@ class ClaimSuite:
         lo, hi = np.percentile(finite, [2.5, 97.5])
         return float(lo), float(hi)
 
-    def _evaluate(self, cid: str, side: _Side) -> ClaimResult:
+    def _evaluate(self, cid: str, side: _Side, *, compare: bool = True) -> ClaimResult:
         spec = self.specs[cid]
         if cid in side.skips:
+            if spec.is_gate:  # the gate never goes green on what it did not check
+                return ClaimResult(spec, "not_checked", f"not checked: {side.skips[cid]}")
             return ClaimResult(spec, "skip", side.skips[cid])
         point, boot = side.point[cid], side.boot[cid]
-        base_vals = self._baseline_values(cid)
-        checks = []
+        base_vals = self._baseline_values(cid) if compare else None
+        n_prompts = len(self.run.prompts)
+        checks, reasons = [], []
         for c in spec.checks:
             if c.name not in point:
                 raise ConfigError(f"claim {cid}'s metric returned no value for check {c.name!r}.")
             val = point[c.name]
-            lo, hi = self._interval(boot[c.name], val)
+            has_interval = c.resampled and len(self.boot_weights) > 0
+            lo, hi = self._interval(boot[c.name], val) if has_interval else (val, val)
+            if has_interval and not (math.isfinite(lo) and math.isfinite(hi)):
+                has_interval, lo, hi = False, val, val
             finite = math.isfinite(val)
             in_range = finite and c.in_range(val)
             holds = in_range and c.holds(val)
             holds_strict = in_range and c.holds(c.bound(lo, hi))
-            unstable = finite and (c.holds(lo) != c.holds(hi))
-            cmp = self._compare(cid, c, val, boot[c.name], base_vals)
-            checks.append(CheckResult(c, val, lo, hi, holds, holds_strict, unstable, finite and not in_range, cmp))
-        details = {k: {"value": val, "ci": list(self._interval(boot[k], val))}
+            unstable = finite and has_interval and (c.holds(lo) != c.holds(hi))
+            verdict = check_verdict(c, val, lo, hi, has_interval, self.reading) if in_range else "fail"
+            note = ""
+            if verdict == "inconclusive":
+                reasons.append(inconclusive_reason(c, val, lo, hi, has_interval, n_prompts))
+                note = reasons[-1].rsplit("; ", 1)[-1] if has_interval else "no interval"
+            cmp = self._compare(cid, c, val, boot[c.name], base_vals, has_interval)
+            checks.append(CheckResult(c, val, lo, hi, holds, holds_strict, unstable, finite and not in_range, cmp,
+                                      has_interval, verdict, note))
+        details = {k: {"value": val, "ci": list(self._interval(boot[k], val)) if self.boot_weights else None}
                    for k, val in point.items() if k not in {c.name for c in spec.checks}}
         nonfinite = [c.check.name for c in checks if not math.isfinite(c.value)]
         outside = [c.check.name for c in checks if c.out_of_range]
         regressed = [c for c in checks if c.baseline is not None and c.baseline.regressed]
-        ok = all((c.holds_strict if self.config.strict else c.holds) for c in checks) and not regressed
+        verdicts = {c.verdict for c in checks}
+        status = "fail" if ("fail" in verdicts or nonfinite or regressed) else (
+            "inconclusive" if "inconclusive" in verdicts else "pass")
         reason = "; ".join(r for r in (
             f"metric is not finite for {nonfinite}" if nonfinite else "",
             f"{outside} outside the range where the value means what the claim says "
             f"(a share far outside [0, 1]: a near-zero denominator or scores that are not rates)"
             if outside else "",
-            *(f"regressed: {c.check.label or c.check.name} {c.baseline.message(c.value)}" for c in regressed)) if r)
-        return ClaimResult(spec, "pass" if ok and not nonfinite else "fail", reason, checks, details,
-                           strict=self.config.strict)
+            *(f"REGRESSED {c.check.label or c.check.name}: {c.baseline.message(c.value)}" for c in regressed),
+            *(reasons if status == "inconclusive" else ()),
+            spec.explain(self.ctx) if spec.explain is not None and status == "fail" else "") if r)
+        return ClaimResult(spec, status, reason, checks, details, strict=self.reading == "interval")
 
     def _baseline_values(self, cid: str):
         """(point values, bootstrap arrays or None) of the baseline for a claim, or None."""
@@ -350,18 +515,24 @@ class ClaimSuite:
             return (vals, None) if vals else None
         return None
 
-    def _compare(self, cid, check, value, boot, base_vals):
-        from .baseline import compare, tolerance
+    def _compare(self, cid, check, value, boot, base_vals, has_interval: bool):
+        from .baseline import compare, report_half_widths, tolerance
 
         if base_vals is None or check.name not in base_vals[0]:
             return None
         b_point, b_boot = base_vals
         b = float(b_point[check.name])
+        tol = tolerance(cid, check, self.config.regression, b)
+        if not has_interval:    # not resampled (or no interval at all): the point difference
+            return compare(check, value, b, None, tol, paired=b_boot is not None)
         if b_boot is not None:  # paired: the difference under the same chunk weights
-            lo, hi = self._interval(boot - b_boot[check.name], value - b)
-        else:                   # a fixed baseline: the candidate's interval, shifted
-            lo, hi = (x - b for x in self._interval(boot, value))
-        return compare(check, value, b, (lo, hi), tolerance(cid, check, self.config.regression))
+            return compare(check, value, b, self._interval(boot - b_boot[check.name], value - b), tol)
+        # A fixed baseline: both half-widths in quadrature around the difference.
+        lo, hi = self._interval(boot, value)
+        h_base = report_half_widths(self.run.baseline_report).get(cid, {}).get(check.name, 0.0)
+        h = math.hypot((hi - lo) / 2.0, h_base)
+        d = value - b
+        return compare(check, value, b, (d - h, d + h), tol, paired=False)
 
     # --- per-claim access and the record --------------------------------------------------------
     def verified_unique(self) -> list[str]:
@@ -375,7 +546,9 @@ class ClaimSuite:
 
     def suite_result(self) -> SuiteResult:
         ran = sorted((self.results[c] for c in self.verified_unique()), key=lambda r: id_key(r.spec.id))
-        return SuiteResult(self.run, self.analysis, self.behaviour, ran, self.bootstrap_info, self.boot_weights)
+        pre = [r for c, r in self.results.items() if c in self.precondition_only]
+        return SuiteResult(self.run, self.analysis, self.behaviour, ran, self.bootstrap_info, self.boot_weights,
+                           reading=self.reading, preconditions=pre)
 
 
 def _read_text(path: str) -> str:

@@ -29,6 +29,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cache import sha256_model_dir
 from ..errors import ModelSourceError
 
 ARCHS = ("gpt2", "llama")
@@ -127,11 +128,14 @@ def layout(arch: str) -> Layout:
 
 
 def organism_sha256(name: str) -> str:
-    """Content hash of an organism without opening it: the weights it starts from, plus the
-    derived recipe for derived variants (about 4 MB to hash: milliseconds)."""
-    from .derived import recipe_sha256
+    """Content hash of an organism without opening it (about 4 MB to hash: milliseconds).
 
-    from ..cache import sha256_file
+    The committed base and DPO models hash as the directories they are
+    (``cache.sha256_model_dir``, the hash of a ``dir`` source): ``organism:gpt2-base`` and
+    ``fixtures/organism/gpt2/base`` are the same model and have the same sha256. The LoRA variant
+    hashes as its adapter directory on that base (the hash of ``organism:gpt2-base::.../lora``);
+    a derived variant is its base's hash plus its recipe."""
+    from .derived import recipe_sha256
 
     arch, variant = split_name(name)
     lay = layout(arch)
@@ -140,13 +144,12 @@ def organism_sha256(name: str) -> str:
         return recipe_sha256(weights, _recipes(lay)[variant])
     adapter = lay.adapter_dir(variant)
     if adapter is not None:
-        files = [adapter / "adapter_config.json", adapter / "adapter_model.safetensors"]
-        for f in files:
+        for f in (adapter / "adapter_config.json", adapter / "adapter_model.safetensors"):
             if not f.is_file():
                 raise ModelSourceError(
                     f"organism files are missing: {f} does not exist. Build them with "
                     f"`python -m mechclaims.organism build --arch {arch} --out {lay.root}`.")
-        return recipe_sha256(weights, {"kind": "adapter", **{f.name: sha256_file(f) for f in files}})
+        return sha256_model_dir(adapter, adapter_on=weights)
     return weights
 
 
@@ -155,9 +158,7 @@ def _recipes(lay: Layout) -> dict:
 
 
 def _weights_sha(sub: Path, arch: str, lay: Layout) -> str:
-    """sha256 of the weights file (about 4 MB: hashing takes milliseconds)."""
-    from ..cache import sha256_file
-
+    """sha256 of the committed model directory ``sub`` (as a ``dir`` source hashes it)."""
     weights = sub / "model.safetensors"
     if not weights.is_file():
         raise ModelSourceError(
@@ -165,7 +166,7 @@ def _weights_sha(sub: Path, arch: str, lay: Layout) -> str:
             f"`python -m mechclaims.organism build --arch {arch} --out {lay.root}`, or set "
             "MECHCLAIMS_FIXTURES to the fixtures directory that holds organism/<arch>/."
         )
-    return sha256_file(weights)
+    return sha256_model_dir(sub)
 
 
 def organism_info(name: str) -> dict:
