@@ -22,7 +22,6 @@ statuses and seconds). Takes about 20-30 minutes on two quiet CPU cores.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import subprocess

@@ -134,9 +134,13 @@ def test_sweep_over_a_training_run(lora_run, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(stats, "greedy_generate", counting)
     report = tmp_path / "out" / "sweep.html"
+    # A short fluency text: the gate always measures perplexity (C2), on every intervention set.
+    text = tmp_path / "ppl.txt"
+    text.write_text(Path(ORG.defaults()["heldout"]).read_text()[:2000])
     rc = main(["sweep", str(lora_run["run"]), "--base", str(ORG.base), "--probe", str(ORG.probe),
                "--prompts", str(lora_run["prompts"]), "--max-new-tokens", "4", "--bootstrap", "20",
-               "--cache-dir", str(tmp_path / "c"), "--report", str(report), "--select", "gate"])
+               "--cache-dir", str(tmp_path / "c"), "--report", str(report), "--select", "gate",
+               "--ppl-text", str(text)])
     doc = json.loads(report.with_suffix(".json").read_text())
     assert [c["step"] for c in doc["checkpoints"]] == [2, 4, 6]
     assert rc == (1 if doc["last_fails_gate"] else 0)

@@ -11,7 +11,7 @@
   says about how many prompts would decide it.
 
 The full proof (4 honest retrains of the organism's own recipe, 3 broken candidates, 600 prompts)
-is ``benchmarks/gate_trust.py``; its figures are in the README.
+is ``benchmarks/gate_trust.py``; its figures are in docs/gating.md.
 """
 
 import json
@@ -215,7 +215,7 @@ def test_T9(a, ctx):
 def test_a_claim_measured_in_the_baseline_and_not_now_has_lost_coverage(pytester, work):
     team = pytester.mkdir("team")
     (team / "test_team_t9.py").write_text(TEAM_CLAIM)
-    # the short forms (--prompts, --model, ...) in a team's repository: README "Your own claims"
+    # the short forms (--prompts, --model, ...) in a team's repository: docs/extending.md
     pytester.makeconftest("from mechclaims.plugin import add_short_options\n\n\n"
                           "def pytest_addoption(parser):\n    add_short_options(parser)\n")
     report = work / "t9-release" / "claims.html"

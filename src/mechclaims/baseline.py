@@ -25,7 +25,7 @@ read at the point. The tolerance is ``[tool.mechclaims.regression]`` for that cl
 Error rates: with no true change, a false alarm needs the near end of a 95% interval (2.5% on
 each side) to clear a tolerance of at least 10% of the value, so for one check it is below 2.5%
 and, where the interval's half-width is smaller than the tolerance, far below. Measured on four
-honest retrains against a release (README, "Gate a fine-tune in CI"): no false alarm.
+honest retrains against a release (docs/gating.md, "Measured"): no false alarm.
 
 The ratchet: a claim that did not hold in the baseline (fail, inconclusive, not meaningful) and
 does not hold now fails the candidate only if one of its checks regressed; otherwise it is a
@@ -158,7 +158,8 @@ class Comparison:
 
     def message(self, value: float) -> str:
         ci = "" if self.lo is None else f" [{self.lo:+.4g}, {self.hi:+.4g}]"
-        what = {"regressed": "worse beyond the tolerance", "inconclusive": "possibly worse (interval not wholly beyond)",
+        what = {"regressed": "worse beyond the tolerance",
+                "inconclusive": "possibly worse (interval not wholly beyond)",
                 "improved": "better beyond the tolerance", "same": "within the tolerance"}[self.state]
         return f"{value:.4g} vs baseline {self.baseline:.4g} ({self.diff:+.4g}{ci}): {what} {self.tolerance:.3g}"
 

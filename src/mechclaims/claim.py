@@ -32,7 +32,7 @@ SHARE_RANGE = (-1.0, 2.0)
 NEEDS = ("A", "G")
 #: Claim tags, applied as pytest markers (``pytest claims/ -m gate``).
 TAGS = {
-    "gate": "a claim a safety release should hold (README: Gate a fine-tune in CI)",
+    "gate": "a claim a safety release should hold (docs/gating.md: Gating in CI)",
     "exploratory": "a qualitative or descriptive finding of the paper; informative, not a gate",
 }
 
@@ -103,6 +103,9 @@ class ClaimContext:
 
 @dataclass(frozen=True)
 class ClaimSpec:
+    """A declared claim, as ``@claim`` records it in ``REGISTRY``: statement, checks, source, the
+    paper's value, tags, and the claims it rests on (``preconditions``)."""
+
     id: str
     slug: str
     statement: str

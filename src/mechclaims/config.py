@@ -51,6 +51,9 @@ DEFAULT_ORGANISM = "gpt2"
 
 @dataclass(frozen=True)
 class ClaimsConfig:
+    """Every setting of a claim run, as the user gave it (options, ``[tool.mechclaims]``,
+    ``--claims-config``); frozen, and checked for types and ranges by ``build_config``."""
+
     model: str = f"organism:{DEFAULT_ORGANISM}"
     base: str = ""
     probe: str = ""

@@ -176,6 +176,19 @@ def _spec(item):
     return getattr(getattr(item, "function", None), "mechclaims_spec", None)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A claim skipped by the plugin is reported at the claim's own file, not at a line of this
+    module's source (JUnit and -ra would otherwise show the installed plugin's absolute path)."""
+    outcome = yield
+    report = outcome.get_result()
+    if _spec(item) is not None and report.skipped and isinstance(report.longrepr, tuple):
+        from .provenance import display_path
+
+        _, lineno, reason = report.longrepr
+        report.longrepr = (display_path(str(item.path)), item.reportinfo()[1] or 0, reason)
+
+
 def pytest_itemcollected(item):
     spec = _spec(item)
     if spec is not None:

@@ -37,6 +37,9 @@ _ARITHMETIC = (ArithmeticError, FloatingPointError)
 
 @dataclass
 class CheckResult:
+    """One check of one claim: its value, the 95% interval ``[lo, hi]`` (the value itself when
+    ``has_interval`` is False), the verdict (pass / fail / inconclusive) and the baseline comparison."""
+
     check: Check
     value: float
     lo: float
@@ -62,6 +65,9 @@ class CheckResult:
 
 @dataclass
 class ClaimResult:
+    """One claim's result: its status (``verdicts.STATUSES``), the reason, its checks, and how it
+    stands against the baseline (``known_failure``, ``regressed``, ``lost_coverage``, ``improved``)."""
+
     spec: ClaimSpec
     status: str                      # one of verdicts.STATUSES
     reason: str = ""

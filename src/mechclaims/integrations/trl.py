@@ -57,7 +57,8 @@ class MechclaimsCallback(TrainerCallback):
     Args:
         trainer: the (DPO) trainer; used for its logging and output directory.
         base: the reference model's source (default: the adapter's ``base_model_name_or_path``).
-        probe, prompts: as ``--probe`` / ``--prompts``.
+        probe: as ``--probe``.
+        prompts: as ``--prompts``.
         claims: claim IDs to run; or ``select="gate"`` for the gating set, ``"all"`` for all.
         num_prompts: the first N prompts only (a subset keeps training fast).
         on: ``"save"`` (default) or ``"evaluate"``.
