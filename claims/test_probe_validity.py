@@ -59,7 +59,7 @@ def _explain(ctx) -> str:
                  "measured on this run's base model.",
        checks=[Check("heldout_accuracy", ">=", 0.90, "held-out accuracy of the probe", resampled=False),
                Check("trained_on_base", ">=", 1.0, "probe trained on this run's base (1 yes, 0 another model)",
-                     resampled=False)],
+                     resampled=False, fixed=True)],
        source="Lee et al. §3 (probe accuracy 94%); Yang et al. §3.1",
        paper_value="GPT-2 medium probe: 0.94 held-out accuracy", applies=_has_heldout_accuracy, needs="A",
        tags=("gate",), requires=(), explain=_explain)

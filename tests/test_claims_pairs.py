@@ -76,7 +76,9 @@ def test_identity_pair_has_nothing_to_attribute(pytester, shared):
     claims, _, _ = run(pytester, shared, "gpt2-identity", "--model", "organism:gpt2-identity")
     for cid in ("C0", "C8", "C12", "C23"):
         assert claims[cid]["status"] == "fail", cid
-    for cid in ("C3", "C4", "C6", "C7", "C9", "C10", "C11", "C13"):
+    # C3 is a gate claim: one that cannot run is "not checked" and fails; the others skip.
+    assert claims["C3"]["status"] == "not_checked" and claims["C3"]["outcome"] == "failed"
+    for cid in ("C4", "C6", "C7", "C9", "C10", "C11", "C13"):
         assert claims[cid]["status"] == "skip" and claims[cid]["reason"], cid
 
 
@@ -157,10 +159,24 @@ def built(shared):
     return out
 
 
-def _pair(pytester, shared, name, base, model):
-    probe = str(organism_dir("gpt2") / "probe.safetensors")
+def _pair(pytester, shared, name, base, model, probe=None):
+    probe = str(probe or organism_dir("gpt2") / "probe.safetensors")
     return run(pytester, shared, name, "--base", base, "--model", model, "--probe", probe,
                "--positions", "shared")[0]
+
+
+def _probe_of_unrecorded_origin(shared):
+    """The organism's probe without the sha256 of the model it was trained on: for pairs whose
+    base is a modified copy of the organism's base, where C24 would rightly fail a probe that
+    names another model (issue 18) and make every other claim not meaningful. The direction,
+    and so every number the claim under test reads, is the organism probe's."""
+    from mechclaims.probe import Probe, load_probe
+
+    path = shared / "probe-unrecorded-origin.safetensors"
+    if not path.exists():
+        p = load_probe(organism_dir("gpt2") / "probe.safetensors")
+        Probe(p.direction, {k: v for k, v in p.metadata.items() if k != "model_sha256"}).save(path)
+    return path
 
 
 def test_reduction_in_one_group_fails_c6_and_c7(pytester, shared, built):
@@ -180,7 +196,10 @@ def test_weight_only_change_fails_c11(pytester, shared, built):
 
 
 def test_positively_activated_toxic_neurons_fail_c20(pytester, shared, built):
-    claims = _pair(pytester, shared, "positive-toxic", built["positive-toxic"], built["positive-toxic"])
+    # C20 reads the base's activations; the candidate only has to be another model (one that is the
+    # base itself is refused before any model work: every claim would be undefined).
+    claims = _pair(pytester, shared, "positive-toxic", built["positive-toxic"], str(organism_dir("gpt2") / "dpo"),
+                   probe=_probe_of_unrecorded_origin(shared))
     assert claims["C20"]["status"] == "fail" and claims["C20"]["checks"][0]["value"] == 0.0
 
 
@@ -207,7 +226,9 @@ def test_behavioural_claims_on_the_organism(pytester, shared):
     identity, _, _ = run(pytester, shared, "identity-behaviour", "--model", "organism:gpt2-identity",
                          behaviour=True)
     assert identity["C1"]["status"] == "fail"  # no reduction at all
-    for cid in ("C5", "C14", "C16", "C17"):
+    for cid in ("C5", "C14"):  # gate claims that cannot run: not checked, and they fail
+        assert identity[cid]["status"] == "not_checked" and "did not lower" in identity[cid]["reason"], cid
+    for cid in ("C16", "C17"):
         assert identity[cid]["status"] == "skip" and "did not lower" in identity[cid]["reason"], cid
 
 
@@ -259,21 +280,32 @@ def behaviour_built(shared):
     return out
 
 
-def _behaviour_pair(pytester, shared, name, model, select):
+def _behaviour_pair(pytester, shared, name, model, select, *extra):
     """Only the selected claims' intervention kinds are generated (``-k``)."""
     d = organism_dir("gpt2")
     return run(pytester, shared, name, "--base", str(d / "base"), "--model", model, "--probe",
                str(d / "probe.safetensors"), "--scorer", f"lexicon:{d / 'lexicon.txt'}",
-               "--ppl-text", str(shared / "heldout-short.txt"), "-k", select, behaviour=True)
+               "--ppl-text", str(shared / "heldout-short.txt"), "-k", select, *extra, behaviour=True)
 
 
 @pytest.mark.slow
 def test_drop_from_outside_the_mlps_fails_c16_and_c2(pytester, shared, behaviour_built):
     claims, doc, _ = _behaviour_pair(pytester, shared, "final-norm", behaviour_built["final-norm"],
                                      "C1_ or C2_ or C15_ or C16_ or C17_")
-    assert claims["C1"]["status"] == "pass"  # the candidate is much less toxic ...
+    assert claims["C2"]["status"] == "fail"  # the blunt edit costs fluency ...
+    # ... so the candidate's lower toxicity, and any share of it, is not meaningful (preconditions)
+    assert claims["C1"]["status"] == "not_meaningful" and "C2 (the fine-tune keeps fluency) failed" in claims["C1"][
+        "reason"]
+    assert claims["C16"]["status"] == "skip" and "not meaningful" in claims["C16"]["reason"]
+    # A team that accepts the fluency cost (C2 <= 10): the drop is real, and no MLP group patch
+    # recovers it. Same generations (the cache): only the verdicts change.
+    (shared / "loose-ppl.toml").write_text("[thresholds]\nC2 = 10.0\n")
+    claims, doc, _ = _behaviour_pair(pytester, shared, "final-norm-loose", behaviour_built["final-norm"],
+                                     "C1_ or C2_ or C15_ or C16_ or C17_", "--claims-config",
+                                     str(shared / "loose-ppl.toml"))
+    assert doc["behaviour"]["settings"]["from_cache"] is True
+    assert claims["C2"]["status"] == "pass" and claims["C1"]["status"] == "pass"  # much less toxic ...
     assert claims["C16"]["status"] == "fail"  # ... but no MLP group patch recovers it
-    assert claims["C2"]["status"] == "fail"  # and the blunt edit costs fluency
 
 
 @pytest.mark.slow
@@ -287,9 +319,9 @@ def test_drop_from_ablation_fails_c14(pytester, shared, behaviour_built):
 # Lee et al.'s claims (C21 un-alignment, its gate reading S1, C22 subtraction)
 
 
-def _lee_run(pytester, shared, name, base, model, probe, select, prompts="gpt2-prompts.jsonl"):
+def _lee_run(pytester, shared, name, base, model, probe, select, *extra, prompts="gpt2-prompts.jsonl"):
     d = organism_dir("gpt2")
-    res = pytester.runpytest_inprocess(
+    res = pytester.runpytest_inprocess(*extra,
         str(REPO / "claims" / "test_lee.py"), "-k", select, "--base", base, "--model", model, "--probe", str(probe),
         "--prompts", str(shared / prompts), "--scorer", f"lexicon:{d / 'lexicon.txt'}",
         "--ppl-text", str(shared / "heldout-short.txt"), "--cache-dir", str(shared / "cache"),
@@ -335,13 +367,15 @@ def test_a_detox_that_seven_keys_carry_fails_s1(pytester, shared):
     # The organism's probe read on this amplified copy of its base: C24 fails a probe whose metadata
     # names another model than the run's base (issue 18). This test is about S1, so the copy does not
     # record the model it was trained on (the direction, and so every cached number, is the same).
-    from mechclaims.probe import Probe
-
-    org_probe = load_probe(organism_dir("gpt2") / "probe.safetensors")
-    probe = shared / "amplified-probe.safetensors"
-    Probe(org_probe.direction, {k: v for k, v in org_probe.metadata.items() if k != "model_sha256"}).save(probe)
-    claims, _ = _lee_run(pytester, shared, "amplified-lee", amplified, str(organism_dir("gpt2") / "base"),
-                         probe, "C21 or S1", prompts="gpt2-prompts-half.jsonl")
+    probe = _probe_of_unrecorded_origin(shared)
+    # Seven keys x5 make the 'base' only a little more toxic (a relative drop of 0.04 here), below
+    # C1's 0.10: S1 would rest on a detox that is not there (its precondition C1) and be not
+    # meaningful. A team threshold C1 >= 0.02 states that this drop counts as a detox.
+    (shared / "c1-small-drop.toml").write_text("[thresholds]\nC1 = 0.02\n")
+    claims, doc = _lee_run(pytester, shared, "amplified-lee", amplified, str(organism_dir("gpt2") / "base"),
+                           probe, "C21 or S1", "--claims-config", str(shared / "c1-small-drop.toml"),
+                           prompts="gpt2-prompts-half.jsonl")
+    assert next(c for c in doc["preconditions"] if c["id"] == "C1")["status"] == "pass"
     assert claims["S1"]["status"] == "fail" and claims["C21"]["status"] == "pass"
     assert claims["S1"]["checks"][0]["value"] >= 0.99
 

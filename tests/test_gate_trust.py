@@ -117,7 +117,8 @@ def test_a_destroyed_model_fails_the_gate(pytester, work, destroyed):
     assert c2["status"] == "fail" and c2["checks"][0]["value"] > 10 and c2["checks"][0]["ci"] is None
     c5 = _claim(doc, "C5")
     assert c5["status"] == "not_meaningful" and "C2 (the fine-tune keeps fluency) failed" in c5["reason"]
-    assert c5["outcome"] == "failed" and [c["id"] for c in doc["preconditions"]] == ["C1", "C24"]
+    # -k "C2" also selects C24 (a substring), so C1 is the one claim computed only as a precondition
+    assert c5["outcome"] == "failed" and [c["id"] for c in doc["preconditions"]] == ["C1"]
     assert next(c for c in doc["preconditions"] if c["id"] == "C1")["status"] == "not_meaningful"
     assert doc["reading"] == "interval"  # -m gate reads intervals
     out = res.stdout.str()
@@ -235,3 +236,17 @@ def test_a_claim_measured_in_the_baseline_and_not_now_has_lost_coverage(pytester
     assert res.ret == pytest.ExitCode.TESTS_FAILED
     assert t9["lost_coverage"] and t9["status"] == "fail" and "lost coverage" in t9["reason"], t9
     assert math.isfinite(release["claims"][0]["checks"][0]["value"])
+
+
+def test_a_baseline_made_with_another_fluency_text_or_scorer_is_refused(pytester, work):
+    _, release = _run(pytester, work, "text-release", "-k", "C0")
+    baseline = str(work / "text-release" / "claims.json")
+    other = work / "other-text.txt"
+    other.write_text("A different reference text for perplexity, so fluency means another thing.\n" * 20)
+    res, _ = _run(pytester, work, "text-other", "-k", "C0", "--baseline", baseline, "--ppl-text", str(other))
+    assert res.ret == pytest.ExitCode.USAGE_ERROR
+    assert "the perplexity text (--ppl-text, sha256)" in res.stderr.str()
+    lexicon = work / "lexicon-copy.txt"
+    lexicon.write_text(open(FILES["lexicon"]).read() + "dunce\n")
+    res, _ = _run(pytester, work, "scorer-other", "-k", "C0", "--baseline", baseline, "--scorer", f"lexicon:{lexicon}")
+    assert res.ret == pytest.ExitCode.USAGE_ERROR and "the toxicity scorer" in res.stderr.str()

@@ -73,6 +73,9 @@ class Check:
     #: False for a value that does not depend on the prompt sample (a perplexity on a fixed text,
     #: the probe's held-out accuracy): it has no bootstrap interval, and every reading uses the value.
     resampled: bool = True
+    #: True for a yes/no check whose threshold is part of its meaning (1 = yes): a bare
+    #: ``Cx = value`` threshold override goes to the claim's other check.
+    fixed: bool = False
 
     def __post_init__(self):
         if self.op not in OPS:

@@ -185,8 +185,9 @@ def pytest_runtest_makereport(item, call):
     if _spec(item) is not None and report.skipped and isinstance(report.longrepr, tuple):
         from .provenance import display_path
 
-        _, lineno, reason = report.longrepr
-        report.longrepr = (display_path(str(item.path)), item.reportinfo()[1] or 0, reason)
+        _, _, reason = report.longrepr
+        code = getattr(_spec(item).metric, "__code__", None)
+        report.longrepr = (display_path(str(item.path)), code.co_firstlineno if code else 0, reason)
 
 
 def pytest_itemcollected(item):

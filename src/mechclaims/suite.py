@@ -170,11 +170,12 @@ def apply_thresholds(specs: dict[str, ClaimSpec], thresholds) -> dict[str, Claim
                               f"{sorted(set(specs) | set(REGISTRY), key=id_key)}.")
         checks = dict(checks)
         if "*" in checks:
-            if len(spec.checks) != 1:
+            free = [c for c in spec.checks if not c.fixed]  # the checks a bare number can mean
+            if len(free) != 1:
                 raise ConfigError(
                     f"claim {cid} has several checks {[c.name for c in spec.checks]}; override one "
                     f"by name, e.g. {cid}.{spec.checks[0].name} = ... or {cid} = {{ {spec.checks[0].name} = ... }}.")
-            checks[spec.checks[0].name] = checks.pop("*")
+            checks[free[0].name] = checks.pop("*")
         spec = spec.with_thresholds(checks)
         if cid in specs:
             out[cid] = spec
@@ -187,6 +188,8 @@ def with_preconditions(specs: dict[str, ClaimSpec]) -> tuple[dict[str, ClaimSpec
     claims that need it say so)."""
     out, extra = dict(specs), set()
     todo = [r for s in specs.values() for r in s.preconditions]
+    if any(cid not in REGISTRY for cid in todo):
+        _import_builtin_claims()  # a run of one claim file (-k, a path) still has its preconditions
     while todo:
         cid = todo.pop()
         if cid in out or cid not in REGISTRY:
@@ -195,6 +198,20 @@ def with_preconditions(specs: dict[str, ClaimSpec]) -> tuple[dict[str, ClaimSpec
         extra.add(cid)
         todo.extend(REGISTRY[cid].preconditions)
     return out, extra
+
+
+def _import_builtin_claims() -> None:
+    """Import the built-in claim modules (``mechclaims.claims``), which fills ``REGISTRY``."""
+    import importlib
+    import pkgutil
+
+    try:
+        pkg = importlib.import_module("mechclaims.claims")
+    except ImportError:  # pragma: no cover - a build without the claims package
+        return
+    for info in pkgutil.walk_packages(pkg.__path__, prefix="mechclaims.claims."):
+        if info.name.rsplit(".", 1)[-1].startswith("test_") or info.ispkg:
+            importlib.import_module(info.name)
 
 
 def id_key(cid: str):
