@@ -61,6 +61,26 @@ def test_a_lora_adapter_is_a_source_and_equals_the_merged_checkpoint(lora_run):
     assert both.kind == "adapter" and both.sha256 == src.sha256
 
 
+def test_neurons_on_an_adapter_needs_no_base_and_equals_the_merged_table(lora_run, tmp_path, capsys):
+    """One door (issue 19): ``mechclaims neurons --model ADAPTER_DIR`` resolves its inputs as
+    ``pytest claims/`` does, so the base comes from adapter_config.json as in the plugin, and the
+    table equals the merged checkpoint's against the base given by hand."""
+    import csv
+
+    from mechclaims.cli import main
+
+    common = ["--probe", str(ORG.probe), "--prompts", str(lora_run["prompts"]), "--max-new-tokens", "4",
+              "--no-cache"]
+    assert main(["neurons", "--model", str(lora_run["adapter"]), *common, "--out", str(tmp_path / "a.csv")]) == 0
+    assert main(["neurons", "--model", str(lora_run["merged"]), "--base", str(ORG.base), *common,
+                 "--out", str(tmp_path / "m.csv")]) == 0
+    a = list(csv.DictReader((tmp_path / "a.csv").open()))
+    m = list(csv.DictReader((tmp_path / "m.csv").open()))
+    assert len(a) == len(m) > 0
+    for col in ("delta", "act_base", "act_dpo", "cos"):
+        assert [r[col] for r in a] == [r[col] for r in m], col
+
+
 def test_sharded_checkpoint_equals_the_single_file(lora_run):
     assert (lora_run["sharded"] / "model.safetensors.index.json").is_file()
     a = _analyze(str(ORG.base), str(lora_run["sharded"]), lora_run["prompts"])

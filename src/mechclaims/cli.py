@@ -43,10 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     n = sub.add_parser("neurons", help="per-neuron attribution table of a (base, DPO) pair")
-    n.add_argument("--base", required=True, help="base model source")
+    n.add_argument("--base", default="", help="base model source (default, as for pytest claims/: an organism's "
+                                               "base, or the base an adapter or checkpoint names)")
     n.add_argument("--model", required=True, help="fine-tuned model source (or a weights file for --base)")
-    n.add_argument("--probe", required=True, help="probe file (.safetensors, .npy, .pt)")
-    n.add_argument("--prompts", required=True, help="prompts (.jsonl with a 'prompt' field, or .txt)")
+    n.add_argument("--probe", default="", help="probe file (.safetensors, .npy, .pt; default: an organism's)")
+    n.add_argument("--prompts", default="", help="prompts (.jsonl with a 'prompt' field, or .txt; default: an "
+                                                 "organism's)")
     n.add_argument("--positions", default="own", choices=POSITION_MODES,
                    help="own: each model on its own greedy continuation (paper); "
                         "shared: both on the model's continuation (Lee et al.)")
@@ -191,16 +193,26 @@ def _neurons(args) -> int:
     from .outputs import Output, writing
     from .stats import StatsSettings
 
-    _check_outputs([Output("--out", args.out), Output("the JSON beside --out", sidecar_path(args.out))],
-                   [("--probe", args.probe), ("--prompts", args.prompts)],
-                   [("--base", args.base, None), ("--model", args.model, args.base)],
-                   cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()))
+    # The one door: the same resolution as pytest claims/ (organism defaults, the base an adapter
+    # names, every cheap check before any weight), then the resolved records go down.
+    from .config import build_config
+    from .runspec import resolve_run
 
+    run = resolve_run(build_config({"model": args.model, "base": args.base, "probe": args.probe,
+                                    "prompts": args.prompts, "positions": args.positions,
+                                    "max_new_tokens": args.max_new_tokens, "max_prompt_tokens": args.max_prompt_tokens,
+                                    "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype,
+                                    "cache_dir": args.cache_dir}), report=False, cache=not args.no_cache)
+    base = args.base or str(run.base)
+    _check_outputs([Output("--out", args.out), Output("the JSON beside --out", sidecar_path(args.out))],
+                   [("--probe", run.probe_path), ("--prompts", run.prompts_path)],
+                   [("--base", base, None), ("--model", args.model, base)],
+                   cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()))
     settings = StatsSettings(positions=args.positions, max_new_tokens=args.max_new_tokens,
                              max_prompt_tokens=args.max_prompt_tokens, max_chunks=args.chunks,
                              batch_size=args.batch_size)
-    cache_dir = None if args.no_cache else (args.cache_dir or True)
-    result = analyze(args.base, args.model, args.probe, args.prompts, settings, device=args.device,
+    cache_dir = None if args.no_cache else (run.cache_dir or True)
+    result = analyze(run.base, run.model, run.probe, list(run.prompts), settings, device=args.device,
                      dtype=args.dtype, cache_dir=cache_dir, check_parity=args.parity)
     with writing("--out", args.out):
         sidecar = write_neuron_csv(result, args.out)

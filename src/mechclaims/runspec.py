@@ -97,9 +97,11 @@ def organism_defaults(cfg: ClaimsConfig) -> tuple[dict, str | None]:
             "ppl_text": files["heldout"]}, arch
 
 
-def resolve_run(cfg: ClaimsConfig) -> RunSpec:
+def resolve_run(cfg: ClaimsConfig, *, report: bool = True, cache: bool = True) -> RunSpec:
     """Resolve and check every input of a run; raises a MechclaimsError (a setup error) naming
-    the option at fault. Loads no model weights."""
+    the option at fault. Loads no model weights. ``report=False``: the caller writes no claim
+    report (``mechclaims neurons``) and checks its own outputs; ``cache=False``: nothing is read
+    from or written to the cache directory, file hashes included (``--no-cache``)."""
     from .probe import load_probe
     from .prompts import read_prompts
     from .scoring import resolve_scorer_spec
@@ -122,8 +124,9 @@ def resolve_run(cfg: ClaimsConfig) -> RunSpec:
 
         base_s, base_from = infer_base(cfg.model)
     check_device(cfg.device)
-    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
-    _check_writable_dir(cache_dir, "--cache-dir (or MECHCLAIMS_CACHE_DIR)")
+    cache_dir = (Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()) if cache else None
+    if cache_dir is not None:
+        _check_writable_dir(cache_dir, "--cache-dir (or MECHCLAIMS_CACHE_DIR)")
     from .inspect_source import check_not_same, inspect_pair
 
     inspect_pair(cfg.model, base_s, base_from)  # config, tokenizer, headers, pickles: before hashing or loading
@@ -144,7 +147,8 @@ def resolve_run(cfg: ClaimsConfig) -> RunSpec:
     check_device_map(cfg.device_map, base, model, *([baseline_model] if baseline_model else []))
     spec = RunSpec(cfg, model, base, probe, str(probe_s), prompts, str(prompts_s), scorer, ppl_text,
                    cache_dir, arch, base_from, baseline_doc, baseline_model)
-    check_outputs(spec)
+    if report:
+        check_outputs(spec)
     return spec
 
 
