@@ -704,11 +704,50 @@ def _usage(entry: ScorerEntry) -> str:
     return head.strip() if sep and head.strip().startswith(entry.name) else entry.name
 
 
+#: The entry-point group through which an installed package adds scorers without editing
+#: mechclaims: each entry point names a callable taking no argument that calls ``register_scorer``
+#: (``[project.entry-points."mechclaims.scorers"] my_scorer = "my_pkg.scorers:register"``).
+PLUGIN_GROUP = "mechclaims.scorers"
+_plugin_state: dict = {"loaded": False, "error": None}
+
+
+def load_plugin_scorers(*, force: bool = False) -> None:
+    """Register the scorers of every installed ``mechclaims.scorers`` entry point, once. A
+    plug-in that fails to import or to register raises one ScorerError naming it (a setup error,
+    exit status 4), never a traceback from inside the plug-in."""
+    if _plugin_state["loaded"] and not force:
+        if _plugin_state["error"] is not None:
+            raise _plugin_state["error"]
+        return
+    from importlib.metadata import entry_points
+
+    _plugin_state.update(loaded=True, error=None)
+    for ep in entry_points(group=PLUGIN_GROUP):
+        where = f"{ep.name} = {ep.value}" + (f" (package {ep.dist.name})" if getattr(ep, "dist", None) else "")
+        try:
+            ep.load()()
+        except MechclaimsError as exc:
+            err = ScorerError(f"the scorer plug-in {where} refused to register: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a plug-in's own failure is one setup error
+            err = ScorerError(f"the scorer plug-in {where} failed to load ({type(exc).__name__}: {exc}); "
+                              "fix or uninstall that package (entry-point group 'mechclaims.scorers').")
+        else:
+            continue
+        _plugin_state["error"] = err
+        raise err
+
+
 def scorer_help() -> str:
-    return "; ".join([AUTO_RULE] + [e.help for e in SCORERS.values()])
+    try:
+        load_plugin_scorers()
+        broken = ""
+    except ScorerError as exc:
+        broken = f"; (a scorer plug-in is broken: {exc})"
+    return "; ".join([AUTO_RULE] + [e.help for e in SCORERS.values()]) + broken
 
 
 def _split_spec(spec: str) -> tuple[ScorerEntry, str | None]:
+    load_plugin_scorers()
     name, sep, arg = str(spec).partition(":")
     entry = SCORERS.get(name)
     if entry is None:
