@@ -26,16 +26,7 @@ CHUNKED = dict(max_new_tokens=3, batch_size=3, max_chunks=4)
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, gpt2_pair):
-    from transformers import AutoConfig
-
-    d = tmp_path_factory.mktemp("integrity")
-    base, cand = gpt2_pair
-    d_model = AutoConfig.from_pretrained(base).n_embd
-    Probe(torch.randn(d_model, dtype=torch.float64, generator=torch.Generator().manual_seed(5))).save(
-        d / "probe.safetensors")
-    (d / "prompts.txt").write_text("\n".join(tiny.PROMPTS) + "\n")
-    return {"base": str(base), "model": str(cand), "probe": str(d / "probe.safetensors"),
-            "prompts": str(d / "prompts.txt"), "dir": d, "d_model": d_model}
+    return tiny.probe_and_prompts(tmp_path_factory.mktemp("integrity"), gpt2_pair)
 
 
 def _analyze(files, cache):

@@ -12,7 +12,6 @@ status 4 and the ``--cache-dir`` is never created.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -23,25 +22,13 @@ import torch
 from mechclaims.errors import (ConfigError, IncompatibleCheckpoints, ModelNotFound, ModelSourceError, ProbeError,
                                UnsafeCheckpoint, UnsupportedModel)
 from tests import tiny
+from tests.test_bad_inputs import Custom, Evil  # the same planted pickles as the bad-input matrix
 
 REPO = Path(__file__).resolve().parents[1]
 CLAIMS = str(REPO / "claims")
 pytest_plugins = ["pytester"]
 
 
-class Custom:
-    """A plain custom class: pickling an instance needs a GLOBAL, so weights_only refuses it."""
-
-    def __init__(self):
-        self.x = 1
-
-
-class Evil:
-    def __init__(self, marker: Path):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch '{self.marker}'",))
 
 
 def _raises(exc_type, fn, *phrases, absent=()) -> str:

@@ -11,6 +11,7 @@ import torch
 
 from mechclaims.errors import MechclaimsError, OutputPathError, ScorerError
 from mechclaims.probe import Probe
+from tests import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 CLAIMS = str(REPO / "claims")
@@ -19,18 +20,7 @@ pytest_plugins = ["pytester"]
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, gpt2_pair):
-    from transformers import AutoConfig
-
-    from tests import tiny
-
-    d = tmp_path_factory.mktemp("rel")
-    base, cand = gpt2_pair
-    d_model = AutoConfig.from_pretrained(base).n_embd
-    Probe(torch.randn(d_model, dtype=torch.float64, generator=torch.Generator().manual_seed(5))).save(
-        d / "probe.safetensors")
-    (d / "prompts.txt").write_text("\n".join(tiny.PROMPTS) + "\n")
-    return {"base": str(base), "model": str(cand), "probe": str(d / "probe.safetensors"),
-            "prompts": str(d / "prompts.txt"), "dir": d}
+    return tiny.probe_and_prompts(tmp_path_factory.mktemp("rel"), gpt2_pair)
 
 
 def _config(files, **over):

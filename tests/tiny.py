@@ -99,3 +99,20 @@ def make_pair(out: Path, arch: str, tokenizer_dir: Path, seed: int = 0, **over) 
     perturb(base, seed + 1000).save_pretrained(cand_dir)
     tok.save_pretrained(cand_dir)
     return base_dir, cand_dir
+
+
+def probe_and_prompts(d: Path, pair: tuple[Path, Path], seed: int = 5) -> dict:
+    """A random probe of the pair's width and the tiny prompts, written into ``d``: the inputs of
+    a claim run on a tiny pair (``base``, ``model``, ``probe``, ``prompts``, ``dir``, ``d_model``)."""
+    import torch
+    from transformers import AutoConfig
+
+    from mechclaims.probe import Probe
+
+    base, cand = pair
+    d_model = AutoConfig.from_pretrained(base).n_embd
+    Probe(torch.randn(d_model, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))).save(
+        d / "probe.safetensors")
+    (d / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    return {"base": str(base), "model": str(cand), "probe": str(d / "probe.safetensors"),
+            "prompts": str(d / "prompts.txt"), "dir": d, "d_model": d_model}
