@@ -18,7 +18,8 @@ import torch
 from mechclaims.config import ClaimsConfig, build_config
 from mechclaims.devices import parse_device_map
 from mechclaims.errors import ConfigError, ModelSourceError
-from mechclaims.loading import _placement_kwargs, load_model, load_pair
+from mechclaims.loading import load_model, load_pair
+from mechclaims.opening import _placement_kwargs
 from mechclaims.probe import Probe
 from mechclaims.runspec import check_device_map
 from mechclaims.sources import Source
