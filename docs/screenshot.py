@@ -2,7 +2,7 @@
 
     python docs/screenshot.py                      # every claim on the GPT-2 organism, all 600 prompts
     python docs/screenshot.py --prompts 96         # the first 96 prompts (a loaded machine)
-    python docs/screenshot.py --cache-dir /tmp/c   # a private result cache
+    python docs/screenshot.py --cache-dir .mechclaims-cache   # a private result cache
 
 Runs ``pytest claims/`` on the organism (every claim, behavioural ones included) in a temporary
 working directory, so the report shows no path of this machine (``display_path``: the organism's

@@ -44,14 +44,17 @@ def _garbage(path: Path) -> Path:
     return path
 
 
-def _raises(exc_type, fn, *phrases) -> str:
-    """Run ``fn``; it must raise exactly ``exc_type`` (not a subclass) with every phrase."""
+def _raises(exc_type, fn, *phrases, absent=()) -> str:
+    """Run ``fn``; it must raise exactly ``exc_type`` (not a subclass) with every phrase, and
+    none of the ``absent`` ones."""
     with pytest.raises(exc_type) as ei:
         fn()
     assert type(ei.value) is exc_type, repr(ei.value)
     msg = str(ei.value)
     for phrase in phrases:
         assert str(phrase) in msg, (phrase, msg)
+    for phrase in absent:
+        assert str(phrase) not in msg, (phrase, msg)
     return msg
 
 

@@ -22,7 +22,7 @@ import torch
 from mechclaims.errors import (ConfigError, IncompatibleCheckpoints, ModelNotFound, ModelSourceError, ProbeError,
                                UnsafeCheckpoint, UnsupportedModel)
 from tests import tiny
-from tests.test_bad_inputs import Custom, Evil  # the same planted pickles as the bad-input matrix
+from tests.test_bad_inputs import Custom, Evil, _raises  # the bad-input matrix's pickles and assertion
 
 REPO = Path(__file__).resolve().parents[1]
 CLAIMS = str(REPO / "claims")
@@ -30,18 +30,6 @@ pytest_plugins = ["pytester"]
 
 
 
-
-def _raises(exc_type, fn, *phrases, absent=()) -> str:
-    """Run ``fn``; it must raise exactly ``exc_type`` (not a subclass) with every phrase."""
-    with pytest.raises(exc_type) as ei:
-        fn()
-    assert type(ei.value) is exc_type, repr(ei.value)
-    msg = str(ei.value)
-    for phrase in phrases:
-        assert str(phrase) in msg, (phrase, msg)
-    for phrase in absent:
-        assert str(phrase) not in msg, (phrase, msg)
-    return msg
 
 
 # --------------------------------------------------------------------------------------------
