@@ -74,7 +74,9 @@ def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mechclaims.organism import layout
-    from mechclaims.organism.build import BuildConfig, make_pairs, train_dpo
+    from mechclaims.builder.config import BuildConfig
+    from mechclaims.builder.data import make_pairs
+    from mechclaims.builder.train import train_dpo
 
     lay = layout("gpt2")
     files = lay.defaults()

@@ -32,7 +32,7 @@ PAGE = "claims.md"
 #: What to run when the committed page is stale.
 REGENERATE = "python docs/gen_claims.py"
 #: The test files whose assertions name the pairs on which a claim fails.
-FAILING_SOURCES = ("tests/test_claims_pairs.py", "tests/test_claims.py")
+FAILING_SOURCES = ("tests/test_claims_pairs.py", "tests/test_claims.py", "tests/test_depth_claims.py")
 
 _ID = r"[A-Z][A-Za-z]*\d+"
 _STATUS = r'\[\s*"status"\s*\]'
@@ -143,8 +143,9 @@ def _tags(spec) -> str:
 
 
 def _claim_section(spec, fails: list[FailingTest], preconditions: dict) -> list[str]:
-    out = [f"## {spec.id} · {spec.slug} {{#{spec.id.lower()}}}", "", _md(spec.statement), ""]
-    needs = "activations and weights (`A`)" if spec.needs == "A" else "generations under interventions (`G`)"
+    out = [f"### {spec.id} · {spec.slug} {{#{spec.id.lower()}}}", "", _md(spec.statement), ""]
+    needs = {"A": "activations and weights (`A`)", "G": "generations under interventions (`G`)",
+             "D": "depth: per-token KL and prefilled generations (`D`)"}[spec.needs]
     pre = ", ".join(f"[{p}](#{p.lower()}) ({_md(preconditions.get(p, ''))})" for p in spec.preconditions) or "none"
     out += [
         "| | |",
@@ -156,7 +157,8 @@ def _claim_section(spec, fails: list[FailingTest], preconditions: dict) -> list[
         f"| preconditions | {pre} |",
         f"| paper value | {_md(spec.paper_value)} |",
         f"| source | {_md(spec.source)} |",
-        f"| defined in | `claims/{spec.family}.py` |" if spec.family else "| defined in | — |",
+        f"| pack | `{spec.pack}` |" if spec.pack else "| pack | — |",
+        f"| defined in | `{_defined_in(spec)}` |",
         "",
         "| check | op | threshold | measures | meaningful range | interval |",
         "|---|---|---|---|---|---|",
@@ -179,13 +181,43 @@ def _claim_section(spec, fails: list[FailingTest], preconditions: dict) -> list[
     return out
 
 
+def _defined_in(spec) -> str:
+    """``mechclaims.claims.dpo_toxicity.test_reduction`` -> ``claims/dpo_toxicity/test_reduction.py``."""
+    mod = spec.metric.__module__
+    for prefix in ("mechclaims.claims.", "claims."):
+        if mod.startswith(prefix):
+            return "claims/" + mod[len(prefix):].replace(".", "/") + ".py"
+    return mod.replace(".", "/") + ".py"
+
+
+def _pack_header(pid: str) -> list[str]:
+    from mechclaims.claim import PACKS
+
+    pack = PACKS.get(pid)
+    if pack is None:
+        return ["## Claims in no pack", ""]
+    out = [f"## Pack `{pid}`: {_md(pack.title)} {{#pack-{pid}}}", "", _md(pack.description), ""]
+    for p in pack.papers:
+        bits = [f"{_md(p.authors)}, “{_md(p.title)}”"]
+        bits += [_md(p.venue)] if p.venue else []
+        bits += [f"[arXiv {p.arxiv}](https://arxiv.org/abs/{p.arxiv})"] if p.arxiv else []
+        bits += [f"code: {p.code}"] if p.code else []
+        out.append("- " + ", ".join(bits))
+    out += ["", f"Run this pack alone: `pytest claims/{pid.replace('-', '_')}`.", ""]
+    return out
+
+
 def render(registry=None, failing=None) -> str:
     """The whole claims reference page as Markdown."""
     from mechclaims.claim import PRECONDITIONS, TAGS
 
     registry = load_registry() if registry is None else registry
     failing = failing_tests(registry) if failing is None else failing
-    specs = [registry[k] for k in sorted(registry, key=_sort_key)]
+    from mechclaims.claim import PACKS
+
+    order = list(PACKS)
+    specs = [registry[k] for k in sorted(registry, key=lambda k: (
+        order.index(registry[k].pack) if registry[k].pack in order else len(order), _sort_key(k)))]
     out = [
         "# Claims reference",
         "",
@@ -205,15 +237,17 @@ def render(registry=None, failing=None) -> str:
         "Preconditions: " + "; ".join(f"[{k}](#{k.lower()}) {_md(v)}" for k, v in PRECONDITIONS.items())
         + " (when one fails, the claims that read it are *not meaningful*: [Gating in CI](gating.md)).",
         "",
-        "| ID | slug | tags | checks | fails on |",
-        "|---|---|---|---|---|",
     ]
-    for s in specs:
+    for i, s in enumerate(specs):
+        if i == 0 or s.pack != specs[i - 1].pack:
+            out += _pack_header(s.pack) + ["| ID | slug | tags | checks | fails on |", "|---|---|---|---|---|"]
         checks = "; ".join(f"{_code(c.name)} {_code(_threshold(c))}" for c in s.checks)
         n = len(failing.get(s.id, []))
         out.append(f"| [{s.id}](#{s.id.lower()}) | {_md(s.slug)} | {_tags(s)} | {checks} | "
                    f"{f'{n} test' + ('s' if n > 1 else '') if n else 'no failing pair found'} |")
-    out.append("")
+        if i + 1 == len(specs) or specs[i + 1].pack != s.pack:
+            out.append("")
+    out += ["## Every claim", ""]
     for s in specs:
         out += _claim_section(s, failing.get(s.id, []), PRECONDITIONS)
     return "\n".join(out).rstrip("\n") + "\n"

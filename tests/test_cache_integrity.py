@@ -312,7 +312,7 @@ def test_an_organism_and_its_directory_have_the_same_sha256():
 
 def test_a_probe_trained_on_another_base_fails_C24(files, tmp_path):
     """Before: C24 read the held-out accuracy alone and passed."""
-    from claims.test_probe_validity import test_C24_probe_validity
+    from claims.dpo_toxicity.test_probe_validity import test_C24_probe_validity
     from mechclaims.config import build_config
     from mechclaims.runspec import resolve_run
     from mechclaims.sources import resolve_source

@@ -38,7 +38,11 @@ def run(pytester, shared, name, *args, arch="gpt2", behaviour=False, subprocess=
     report = shared / "reports" / f"{name}.html"
     # Lee et al.'s claims (test_lee.py) have their own runs below: their 6 intervention sets are
     # generated only where a test reads them.
-    generation = [REPO / "claims" / "test_behaviour.py", REPO / "claims" / "test_lee.py"]
+    # The depth pack's generations (claims/shallow_alignment/test_depth.py) have their own module,
+    # tests/test_depth_claims.py; its activation claim Q4 runs here with the others.
+    pack = REPO / "claims" / "dpo_toxicity"
+    depth = REPO / "claims" / "shallow_alignment" / "test_depth.py"
+    generation = [pack / "test_behaviour.py", pack / "test_lee.py", depth]
     only = [str(generation[0])] if behaviour else [CLAIMS, *(f"--ignore={f}" for f in generation)]
     if behaviour and "--ppl-text" not in args:
         args = (*args, "--ppl-text", str(shared / "heldout-short.txt"))
@@ -322,7 +326,8 @@ def test_drop_from_ablation_fails_c14(pytester, shared, behaviour_built):
 def _lee_run(pytester, shared, name, base, model, probe, select, *extra, prompts="gpt2-prompts.jsonl"):
     d = organism_dir("gpt2")
     res = pytester.runpytest_inprocess(*extra,
-        str(REPO / "claims" / "test_lee.py"), "-k", select, "--base", base, "--model", model, "--probe", str(probe),
+        str(REPO / "claims" / "dpo_toxicity" / "test_lee.py"), "-k", select, "--base", base, "--model", model,
+        "--probe", str(probe),
         "--prompts", str(shared / prompts), "--scorer", f"lexicon:{d / 'lexicon.txt'}",
         "--ppl-text", str(shared / "heldout-short.txt"), "--cache-dir", str(shared / "cache"),
         "--report", str(shared / "reports" / f"{name}.html"), "--bootstrap", "40", "-p", "no:randomly")

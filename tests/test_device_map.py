@@ -172,7 +172,7 @@ def test_placement_options_need_a_map():
 
 
 def test_pytest_option_is_declared():
-    from mechclaims.plugin import _OPTIONS
+    from mechclaims.options import OPTIONS as _OPTIONS
 
     assert ("--device-map", "device_map") in {(flag, dest) for flag, dest, _ in _OPTIONS}
 

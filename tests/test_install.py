@@ -254,7 +254,7 @@ def test_short_forms_skip_what_a_conftest_already_owns(pytester):
 
 def test_prefixed_and_short_forms_set_the_same_setting():
     """The claims' conftest gives every prefixed option but --claims-config its short form."""
-    from mechclaims.plugin import _OPTIONS, _prefixed
+    from mechclaims.options import OPTIONS as _OPTIONS, prefixed as _prefixed
 
     shorts = [flag for flag, _, _ in _OPTIONS if _prefixed(flag) != flag]
     assert "--model" in shorts and "--claims-config" not in shorts

@@ -14,8 +14,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from mechclaims import organism  # noqa: E402
+from mechclaims.builder import corpus as C  # noqa: E402
 from mechclaims.errors import ModelSourceError  # noqa: E402
-from mechclaims.organism import corpus as C  # noqa: E402
 
 ARCHS = ("gpt2", "llama")
 REPO_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -99,7 +99,8 @@ def test_organism_dir_env_override(monkeypatch, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_micro_build(arch, tmp_path, monkeypatch):
-    from mechclaims.organism.build import BuildConfig, build, check
+    from mechclaims.builder.build import build, check
+    from mechclaims.builder.config import BuildConfig
 
     out = tmp_path / "organism" / arch
     m = build(out, BuildConfig.micro(arch), log=lambda s: None)
@@ -141,7 +142,7 @@ def _committed(arch):
     d = REPO_FIXTURES / "organism" / arch
     if not (d / "manifest.json").is_file():
         pytest.fail(f"{d} holds no organism; build it with "
-                    f"`python -m mechclaims.organism build --arch {arch} --out {d}`.")
+                    f"`python -m mechclaims.builder build --arch {arch} --out {d}`.")
     return d, json.loads((d / "manifest.json").read_text())
 
 
@@ -151,7 +152,7 @@ def committed(request):
 
 
 def test_committed_files_match_manifest(committed):
-    from mechclaims.organism.build import check
+    from mechclaims.builder.build import check
 
     arch, d, m = committed
     assert check(d) == []
@@ -167,7 +168,7 @@ def test_committed_organisms_under_40_mb():
 def test_committed_organisms_are_the_papers_regime(committed):
     """Issue #11's bar: enough neurons that top-128 is a small slice, a DPO learning rate at
     most 1/100 of pretraining, a partial reduction (40-70%) that the curve shows, fp32."""
-    from mechclaims.organism.build import THRESHOLDS
+    from mechclaims.builder.config import THRESHOLDS
 
     arch, d, m = committed
     assert m["sizes"]["n_neurons"] >= THRESHOLDS["min_neurons"][arch]
@@ -193,7 +194,8 @@ def test_committed_acceptance_recomputed(committed, monkeypatch):
     import numpy as np
 
     from mechclaims.loading import load_model
-    from mechclaims.organism.build import THRESHOLDS, BuildConfig, toxicity
+    from mechclaims.builder.config import THRESHOLDS, BuildConfig
+    from mechclaims.builder.measure import toxicity
     from mechclaims.perplexity import perplexity
     from mechclaims.probe import load_probe, pooled_features
     from mechclaims.prompts import read_prompts
@@ -299,7 +301,8 @@ def test_dampened_reduces_toxicity(committed, monkeypatch):
     """The control for C3: toxicity falls >= 0.30 through the toxic-aligned neurons alone, on
     both architectures, without an xfail."""
     from mechclaims.loading import load_model
-    from mechclaims.organism.build import THRESHOLDS, BuildConfig, toxicity
+    from mechclaims.builder.config import THRESHOLDS, BuildConfig
+    from mechclaims.builder.measure import toxicity
     from mechclaims.prompts import read_prompts
     from mechclaims.scoring import LexiconScorer
 

@@ -18,7 +18,8 @@ def short_dpo_trainer(out: Path, *, lora: bool, max_steps: int, save_steps: int 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from mechclaims.organism.build import SPECIAL, BuildConfig, make_pairs
+    from mechclaims.builder.config import SPECIAL, BuildConfig
+    from mechclaims.builder.data import make_pairs
 
     datasets.disable_progress_bars()
     torch.manual_seed(0)

@@ -10,7 +10,7 @@ Ground floor (imports nothing above it): ``errors``, ``choices``, ``cache``, ``p
 Engine: ``sources``, ``loading``, ``prompts``, ``probe``, ``stats``, ``attribution``,
 ``interventions``, ``perplexity``, ``scoring``. Claims: ``claim``, ``metrics``, ``config``,
 ``runspec``, ``analysis``, ``behaviour``, ``suite``, ``report``, ``plugin``, ``cli``.
-Organisms: ``organism`` (runtime) and ``organism.build`` (a leaf that uses the engine).
+Organisms: ``organism`` (runtime) and ``builder`` (makes them; a leaf that uses the engine).
 
 Nothing here imports pytest but the plugin; importing ``mechclaims`` does not import torch.
 """

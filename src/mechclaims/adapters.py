@@ -3,7 +3,7 @@
 Used by ``loading`` for adapter sources (``BASE::ADAPTER_DIR``, a ``checkpoint-N/`` of a LoRA
 run) and by ``organism`` for ``organism:gpt2-lora``. PEFT reads the adapter weights with
 safetensors (or ``torch.load(weights_only=True)``), never an arbitrary pickle; a pickle it
-refuses is named by ``loading`` with the project's message (``inspect_source.torch_load_error``).
+refuses is named by ``loading`` with the project's message (``weight_files.torch_load_error``).
 The adapter's files are checked before its base loads (``inspect_source.check_adapter_dir``).
 """
 
@@ -27,7 +27,7 @@ def merge_adapter(hf, adapter_dir: str | Path, *, base_label: str):
         return PeftModel.from_pretrained(hf, str(adapter_dir)).merge_and_unload()
     except Exception as exc:  # noqa: BLE001 - a broken adapter_model.safetensors raises SafetensorError
         # A refused pickle (pickle.UnpicklingError) goes up as it is: loading words it as it words
-        # pytorch_model.bin's (this module sits below inspect_source, which has the message).
+        # pytorch_model.bin's (this module sits below weight_files, which has the message).
         expected = isinstance(exc, (OSError, ValueError, KeyError, RuntimeError))
         if not expected and type(exc).__name__ != "SafetensorError":
             raise

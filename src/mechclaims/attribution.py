@@ -123,6 +123,10 @@ class Attribution:
     delta_weight: np.ndarray
     group_a: np.ndarray  # int8 index into GROUPS_A, EXCLUDED = -1
     group_b: np.ndarray  # int8 index into GROUPS_B, EXCLUDED = -1
+    #: The first ``choices.EARLY_POSITIONS`` positions' part of ``delta`` (their sums over every
+    #: position's count, so ``delta = delta_early + the rest`` exactly); None when the statistics
+    #: did not keep them apart.
+    delta_early: np.ndarray | None = None
 
     @property
     def n_layers(self) -> int:
@@ -184,8 +188,12 @@ def attribute(stats, weights: WeightTerms, chunk_weights=None) -> Attribution:
         if not np.isfinite(arr).all():
             raise NumericalError(f"{int((~np.isfinite(arr)).sum())} non-finite values in {name}.")
     code_a, code_b = group_codes(weights.cos_base, m_b, m_b - m_d, delta)
+    delta_early = None
+    if stats.base.act_early_sum is not None and stats.model.act_early_sum is not None:
+        delta_early = (stats.base.early_part_of_mean_act(chunk_weights) * weights.vw_base
+                       - stats.model.early_part_of_mean_act(chunk_weights) * weights.vw_dpo)
     return Attribution(weights.cos_base, weights.cos_dpo, m_b, m_d, proj_b, proj_d, delta,
-                       delta_act, delta_weight, code_a, code_b)
+                       delta_act, delta_weight, code_a, code_b, delta_early)
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,6 +236,18 @@ def v2_toxic_share(attr: Attribution, k: int = 128) -> dict:
     num = float(d[sel].sum())
     return {"k": int(k), "n_selected": int(sel.sum()), "numerator": num, "gross_reduction": gross,
             "share": num / gross if gross > 0 else float("nan")}
+
+
+def early_share_of_gross(attr: Attribution) -> dict:
+    """Claim Q4: the share of the gross reduction ``sum_{delta_i > 0} delta_i`` that the first
+    ``EARLY_POSITIONS`` positions contribute, over the same neurons. With the shift spread evenly
+    over T positions it is EARLY_POSITIONS / T."""
+    if attr.delta_early is None:
+        return {"share": float("nan"), "gross_reduction": float("nan"), "early": float("nan")}
+    pos = attr.delta > 0
+    gross = float(attr.delta[pos].sum())
+    early = float(attr.delta_early[pos].sum())
+    return {"share": early / gross if gross > 0 else float("nan"), "gross_reduction": gross, "early": early}
 
 
 def summarize(attr: Attribution, *, top_k: int = 128) -> dict:

@@ -15,6 +15,11 @@ from __future__ import annotations
 #: the DPO model's continuation (Lee et al.), read in the same cached steps.
 POSITION_MODES = ("own", "shared")
 POSITIONS_READ = "last prompt position + generated positions 1..T-1 (T per prompt)"
+#: How many of the first positions read count as "early" for the depth claims (Qi et al.: the
+#: first few tokens; Q1, Q4, S2): the last prompt position and generated tokens 1..4.
+EARLY_POSITIONS = 5
+#: How many tokens of the other model's continuation are prefilled (Q2, Q3; Qi et al.'s attack).
+PREFILL_KS = (1, 3, 5, 10)
 
 #: Model dtypes. Statistics are accumulated in float64 whatever the model's dtype.
 DTYPES = ("float32", "bfloat16", "float16", "float64")

@@ -14,11 +14,17 @@ The decorator returns a pytest test (it takes the plugin's ``mechclaims_claims``
 name; this module never imports pytest). The metric maps an ``Attribution`` (recomputed for
 every bootstrap resample of prompt chunks) and a ``ClaimContext`` to one value per check.
 ``applies`` returns a reason to skip (a claim that does not apply is skipped, never passed).
+
+Claims come in **packs**, one per paper (or team): ``claims/<pack>/__init__.py`` declares its
+``PACK = register_pack(Pack(...))`` once (title, papers with arXiv id, venue and code), and every
+claim in the package belongs to it. A claim module outside a pack may declare its own ``PACK``
+at its top, or pass ``pack=`` to ``@claim``; otherwise it is in no pack (``""``).
 """
 
 from __future__ import annotations
 
 import operator
+import sys
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
@@ -28,8 +34,9 @@ from .errors import ConfigError
 #: the quantities are not what the claim assumes (e.g. signed scores): not a verdict.
 SHARE_RANGE = (-1.0, 2.0)
 #: What a claim's metric reads: activations and weights (the attribution), or generations under
-#: interventions (``mechclaims.behaviour``; perplexity is measured with them when a text is given).
-NEEDS = ("A", "G")
+#: interventions (``mechclaims.behaviour``; perplexity is measured with them when a text is given),
+#: or the depth measurements (per-token KL and prefilled generations, ``mechclaims.depth``).
+NEEDS = ("A", "G", "D")
 #: Claim tags, applied as pytest markers (``pytest claims/ -m gate``).
 TAGS = {
     "gate": "a claim a safety release should hold (docs/gating.md: Gating in CI)",
@@ -48,8 +55,66 @@ PRECONDITIONS = {
 
 def default_requires(needs: str) -> tuple[str, ...]:
     """Activation claims read the model through the probe; behavioural claims also read shares of
-    DPO's drop and generations that must stay fluent."""
-    return ("C24",) if needs == "A" else ("C24", "C1", "C2")
+    DPO's drop and generations that must stay fluent; depth claims read generations and shares of
+    DPO's drop, not the probe."""
+    return {"A": ("C24",), "G": ("C24", "C1", "C2"), "D": ("C1", "C2")}[needs]
+
+
+@dataclass(frozen=True)
+class Paper:
+    """A paper a pack checks: what the report, the docs and ``claims.json`` cite."""
+
+    title: str
+    authors: str
+    arxiv: str = ""
+    venue: str = ""
+    code: str = ""
+
+    def as_dict(self) -> dict:
+        return {"title": self.title, "authors": self.authors, "arxiv": self.arxiv, "venue": self.venue,
+                "code": self.code}
+
+
+@dataclass(frozen=True)
+class Pack:
+    """A claim pack: the claims of one paper (or one team), recorded once."""
+
+    id: str
+    title: str
+    papers: tuple[Paper, ...] = ()
+    description: str = ""
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "title": self.title, "description": self.description,
+                "papers": [p.as_dict() for p in self.papers]}
+
+
+#: Every pack declared so far, by ID (``register_pack``).
+PACKS: dict[str, Pack] = {}
+
+
+def register_pack(pack: Pack) -> Pack:
+    """Declare a pack (in its package's ``__init__.py``: ``PACK = register_pack(Pack(...))``).
+    Declaring the same ID twice with other metadata is a ConfigError."""
+    if not pack.id or not pack.id.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"a pack ID must be letters, digits, '-' or '_', got {pack.id!r}.")
+    old = PACKS.get(pack.id)
+    if old is not None and old != pack:
+        raise ConfigError(f"pack {pack.id!r} is declared twice with different metadata; give one of them "
+                          "another ID.")
+    PACKS[pack.id] = pack
+    return pack
+
+
+def _pack_of(module: str) -> str:
+    """The pack of a claim module: its own ``PACK``, else its package's (``claims/<pack>/``)."""
+    name = module
+    while name:
+        pack = getattr(sys.modules.get(name), "PACK", None)
+        if isinstance(pack, Pack):
+            return register_pack(pack).id
+        name = name.rpartition(".")[0]
+    return ""
 
 
 #: Every claim declared so far, by ID (filled by ``@claim`` when its module is imported), so a
@@ -102,6 +167,7 @@ class ClaimContext:
     top_k: int = 128
     probe_metadata: Mapping[str, Any] = field(default_factory=dict)  # e.g. heldout_accuracy
     base_sha256: str = ""  # the run's base model (C24: was the probe trained on it?)
+    max_new_tokens: int = 0  # T, the generated tokens per prompt (the depth claims' positions)
 
 
 @dataclass(frozen=True)
@@ -129,6 +195,8 @@ class ClaimSpec:
     #: ``explain(ctx) -> str``: why the claim failed, when the checks' values alone cannot say
     #: (C24: which model the probe was trained on); added to the reason of a failure.
     explain: Callable | None = field(default=None, compare=False)
+    #: The ID of the pack the claim belongs to (``PACKS``); "" for none.
+    pack: str = ""
 
     @property
     def preconditions(self) -> tuple[str, ...]:
@@ -151,11 +219,14 @@ class ClaimSpec:
 def claim(id: str, slug: str, *, statement: str, checks: list[Check], source: str, paper_value: str,
           applies: Callable | None = None, needs: str = "A", tags: tuple[str, ...] = (),
           interventions: tuple[str, ...] | None = None, requires: tuple[str, ...] | None = None,
-          explain: Callable | None = None):
+          explain: Callable | None = None, pack: "str | Pack | None" = None):
     """Declare a claim; returns a pytest test function named like the metric function.
 
     ``requires``: the precondition claims (default ``default_requires(needs)``; ``()`` for none).
     ``explain(ctx)``: a sentence added to the reason when the claim fails ("" for none).
+    ``pack``: the claim's pack (a ``Pack`` or a registered ID); default: the ``PACK`` of the
+    metric's module or package. ``interventions``: for ``needs="G"``, the intervention kinds
+    read; for ``needs="D"``, the depth parts read (``mechclaims.depth.PARTS``).
     """
 
     if needs not in NEEDS:
@@ -164,12 +235,19 @@ def claim(id: str, slug: str, *, statement: str, checks: list[Check], source: st
     if unknown:
         raise ConfigError(f"claim {id}: unknown tags {unknown}; known tags: {sorted(TAGS)}.")
 
+    if isinstance(pack, Pack):
+        pack = register_pack(pack).id
+    elif pack is not None and pack not in PACKS:
+        raise ConfigError(f"claim {id}: unknown pack {pack!r}; declare it with register_pack(Pack(...)) first "
+                          f"(known: {sorted(PACKS)}).")
+
     def decorate(metric: Callable):
         spec = ClaimSpec(id=id, slug=slug, statement=statement, checks=tuple(checks), source=source,
                          paper_value=paper_value, metric=metric, applies=applies,
                          family=metric.__module__.rsplit(".", 1)[-1], needs=needs, tags=tuple(tags),
                          interventions=None if interventions is None else tuple(interventions),
-                         requires=None if requires is None else tuple(requires), explain=explain)
+                         requires=None if requires is None else tuple(requires), explain=explain,
+                         pack=pack if pack is not None else _pack_of(metric.__module__))
         REGISTRY[id] = spec
 
         def test(mechclaims_claims):

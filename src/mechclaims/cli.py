@@ -8,10 +8,13 @@
     mechclaims sweep   --base B CKPT... | RUN_DIR [--select all|gate|IDS] [-k EXPR] [--baseline B]
                        [--strict] [--junitxml sweep.xml] [--report reports/sweep.html]
     mechclaims check   [pytest options: --model M --base B --probe P --prompts F -k ... ...]
+    mechclaims packs
     mechclaims diff    A.json B.json [--markdown] [--html diff.html]
 
-``mechclaims check`` is ``pytest`` on the built-in claims (``mechclaims.claims_dir()``), from
-any directory, with the options of ``pytest claims/`` in a checkout; its exit status is pytest's.
+``mechclaims check`` is ``pytest`` on the built-in claims (``mechclaims.claims_dir()``) and every
+installed claim pack (entry-point group ``mechclaims.packs``; not when you name paths of your own),
+from any directory, with the options of ``pytest claims/`` in a checkout; its exit status is
+pytest's. ``mechclaims packs`` lists those packs with their papers.
 
 Exit status, as pytest's: 0 done (sweep: the last checkpoint passes every gating claim), 1 the
 last checkpoint fails a gating claim (``diff``: a claim regressed from A to B), 2 arguments argparse
@@ -83,9 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Parsed by pytest, not here (_main hands everything after `check` to pytest.main).
     sub.add_parser("check", add_help=False,
-                   help="the built-in claims, from any directory: pytest on mechclaims.claims_dir() with "
-                        "the given pytest options (--model, --base, --probe, --prompts, -k ...); "
-                        "`mechclaims check --help` lists them")
+                   help="the built-in claims and the installed claim packs, from any directory: pytest on "
+                        "mechclaims.claims_dir() and each pack's directory with the given pytest options "
+                        "(--model, --base, --probe, --prompts, -k ...); `mechclaims check --help` lists them")
+    sub.add_parser("packs", help="the claim packs `mechclaims check` runs, with their papers: the built-in ones "
+                                 "and those installed packages add (entry-point group mechclaims.packs); exit 4 "
+                                 "when a plug-in is broken",
+                   description="List the built-in claim packs and the installed ones (entry-point group "
+                               "mechclaims.packs: docs/extending.md), each with its papers and directory.")
 
     d = sub.add_parser("diff", help="what changed between two claims.json reports (no model is run); exit 1 "
                                     "when a claim regressed from A to B")
@@ -143,7 +151,12 @@ def _main(argv: list[str] | None) -> int:
         except MechclaimsError as exc:  # no built-in claims to run
             print(f"mechclaims: error: {exc}", file=sys.stderr)
             return 4
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if argv[:1] in (["-h"], ["--help"]):  # the packs a `check` runs; plug-ins are imported for help only
+        from .pack_plugins import packs_help
+
+        parser.epilog = packs_help() + "; `mechclaims packs` lists them with their papers."
+    args = parser.parse_args(argv)
     from .distributed import world
 
     if not world().is_writer:  # under torchrun, rank 0 speaks and writes; the others compute
@@ -165,6 +178,11 @@ def _main(argv: list[str] | None) -> int:
             return _sweep(args)
         if args.command == "diff":
             return _diff(args)
+        if args.command == "packs":
+            from .pack_plugins import packs_text
+
+            sys.stdout.write(packs_text())
+            return 0
     except OutputPathError as exc:  # an output onto an input, or one that cannot be written: exit 4, one line
         print(f"mechclaims: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 4
@@ -263,24 +281,57 @@ def _probe_train(args) -> int:
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
-
-
 def _check(pytest_args: list[str]) -> int:
-    """``python -m pytest <built-in claims> ARGS``; its exit status. The rootdir is the working
-    directory (unless given), so its pyproject.toml's ``[tool.mechclaims]`` applies and pytest
-    writes nothing into the installed package; the claims' conftest gives the short option
-    forms. A child process, because the library never imports pytest (the plugin does)."""
+    """``python -m pytest <built-in claims> ARGS <installed packs>``; its exit status. The rootdir
+    is the working directory (unless given), so its pyproject.toml's ``[tool.mechclaims]``
+    applies and pytest writes nothing into the installed package; the claims' conftest gives the
+    short option forms. The installed packs' directories (``mechclaims.pack_plugins``) are added
+    unless the arguments name paths of their own; a broken plug-in is one line and exit 4 here,
+    before pytest starts. A child process, because the library never imports pytest (the plugin
+    does)."""
     import os
     import subprocess
 
     from . import claims_dir
+    from .pack_plugins import installed_packs, packs_help
 
+    wants_help = any(a in ("-h", "--help") for a in pytest_args)
     argv = [str(claims_dir()), *pytest_args]
+    if not wants_help and not _user_paths(pytest_args):
+        argv += [str(p.directory) for p in installed_packs()]
     if not any(a == "--rootdir" or a.startswith("--rootdir=") for a in pytest_args):
         argv.append(f"--rootdir={os.getcwd()}")
-    return subprocess.call([sys.executable, "-m", "pytest", *argv])
+    status = subprocess.call([sys.executable, "-m", "pytest", *argv])
+    if wants_help:
+        print(f"\nmechclaims check runs the {packs_help()}; `mechclaims packs` lists them with their papers.")
+    return status
+
+
+#: pytest's options that take the next argument as their value (beside the claim options), so
+#: that value is not mistaken for a path to collect.
+_PYTEST_VALUE_OPTIONS = frozenset({
+    "-k", "-m", "-p", "-c", "-o", "-r", "-W", "--rootdir", "--basetemp", "--junitxml", "--junit-xml",
+    "--junit-prefix", "--confcutdir", "--deselect", "--ignore", "--ignore-glob", "--maxfail", "--tb",
+    "--durations", "--durations-min", "--import-mode", "--capture", "--override-ini", "--log-level",
+    "--log-file", "--log-file-level", "--log-cli-level", "--log-format", "--html", "--css", "--inifile",
+    "--config-file", "--pythonwarnings", "--timeout", "--benchmark-json", "--benchmark-save",
+})
+
+
+def _user_paths(pytest_args: list[str]) -> list[str]:
+    """The arguments that name paths to collect (``my_claims/``, ``x.py::test_y``): positional
+    arguments that exist, not the value of the option before them."""
+    from pathlib import Path
+
+    from .options import OPTIONS, prefixed
+
+    takes_value = _PYTEST_VALUE_OPTIONS | {f for f, _, _ in OPTIONS} | {prefixed(f) for f, _, _ in OPTIONS}
+    out, prev = [], ""
+    for a in pytest_args:
+        if not a.startswith("-") and prev not in takes_value and Path(a.split("::", 1)[0]).exists():
+            out.append(a)
+        prev = a
+    return out
 
 
 def _sweep(args) -> int:
@@ -364,3 +415,7 @@ def _diff(args) -> int:
     if path is not None:
         print(f"wrote {path}", file=sys.stderr if args.markdown else sys.stdout)
     return d.exit_status
+
+
+if __name__ == "__main__":  # pragma: no cover - after every function main calls
+    raise SystemExit(main())

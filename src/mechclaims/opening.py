@@ -31,10 +31,10 @@ from .inspect_source import SUPPORTED_MODEL_TYPES
 from .inspect_source import check_family as _check_family
 from .inspect_source import check_custom_tokenizer as _check_custom_tokenizer
 from .inspect_source import check_tokenizer_files as _check_tokenizer_files
-from .inspect_source import not_safetensors_message as _not_safetensors_message
-from .inspect_source import torch_load_error as _torch_load_error
-from .inspect_source import torch_refusal_text as _torch_refusal_text
 from .sources import Source
+from .weight_files import not_safetensors_message as _not_safetensors_message
+from .weight_files import torch_load_error as _torch_load_error
+from .weight_files import torch_refusal_text as _torch_refusal_text
 
 
 def _torch_dtype(dtype: str):

@@ -12,7 +12,9 @@ JSON schema ``mechclaims.claims/2`` (top-level keys):
 ``bootstrap``    resamples, seed, unit, number of chunks, level, paired
 ``reading``      how checks were read: point (the paper's) or interval (the gate's)
 ``counts``       number of claims per status (``verdicts.STATUSES``), regressed, known_failure, improved
-``claims``       list, one per claim run: id, slug, family, statement, source, paper_value, tags,
+``packs``        the claim packs that ran, by ID: title, description, papers (title, authors, arXiv
+                 id, venue, code); a claim in no pack is under ""
+``claims``       list, one per claim run: id, slug, pack, family, statement, source, paper_value, tags,
                  requires, status, outcome (the pytest outcome), reason, unstable, regressed,
                  lost_coverage, known_failure, baseline_status, improved, flags, checks [name,
                  label, op, threshold, value, ci (null: no interval), resampled, verdict, holds,
@@ -21,6 +23,8 @@ JSON schema ``mechclaims.claims/2`` (top-level keys):
 ``preconditions`` claims computed only because a selected claim rests on them (same fields)
 ``attribution``  the engine's summary: net, gross reduction/increase, counts, per-layer
                  sums, Definition A/B group counts, sums and shares, v2 toxic-neuron share
+``depth``        when a depth claim ran (pack shallow-alignment): T, the prefill ks, the mean KL per
+                 position with intervals, and per k the windows' toxicity, restored and fall shares
 ``layers``       per-layer mean MLP-output and residual projections onto the probe, base and DPO
 """
 
@@ -82,6 +86,9 @@ def build_document(result: SuiteResult) -> dict:
         "preconditions": [r.as_dict() for r in result.preconditions],
         "attribution": an.summary,
         "behaviour": _behaviour_doc(result),
+        "depth": None if result.depth is None else {"scorer": result.depth.scorer, **result.depth.provenance,
+                                                    **result.depth.table(result.boot_weights or None)},
+        "packs": _packs_doc(result),
         "layers": {
             "mlp_out_proj_base": st.base.mean_mlp_out_proj().tolist(),
             "mlp_out_proj_dpo": st.model.mean_mlp_out_proj().tolist(),
@@ -102,6 +109,17 @@ def _public_config(result: SuiteResult) -> dict:
         if cfg.get(k):
             cfg[k] = display_path(cfg[k])
     return cfg
+
+
+def _packs_doc(result: SuiteResult) -> dict:
+    from .claim import PACKS
+
+    out = {}
+    for pid in result.packs():
+        pack = PACKS.get(pid)
+        out[pid] = pack.as_dict() if pack is not None else {"id": pid, "title": "claims in no pack",
+                                                           "description": "", "papers": []}
+    return out
 
 
 def _behaviour_doc(result: SuiteResult) -> dict | None:
@@ -252,6 +270,8 @@ def figures(result: SuiteResult, max_points: int = 20000) -> dict[str, str]:
         ax2.set_title("Perplexity per set")
         fig.tight_layout()
         out["behaviour"] = _png(fig)
+    if result.depth is not None:
+        out["depth"] = _depth_figure(result.depth.table(result.boot_weights or None))
     if beh is not None and all(s in beh.tox_sum for s in CUMULATIVE_SETS):
         rows = beh.table()
         names = [r["set"] for r in rows]
@@ -264,6 +284,47 @@ def figures(result: SuiteResult, max_points: int = 20000) -> dict[str, str]:
         ax.set_title("Cumulative group patching")
         out["cumulative"] = _png(fig)
     return out
+
+
+def _depth_figure(t: dict) -> str:
+    """Q1's per-position KL and Q2/Q3's shares against the number of prefilled tokens."""
+    import matplotlib.pyplot as plt
+
+    has_kl, has_pf = "kl_per_position" in t, "prefill" in t
+    fig, axes = plt.subplots(1, int(has_kl) + int(has_pf), figsize=(5.5 * (int(has_kl) + int(has_pf)), 3.2),
+                             squeeze=False)
+    axes = list(axes[0])
+    if has_kl:
+        ax = axes.pop(0)
+        kl = np.array(t["kl_per_position"])
+        x = np.arange(1, len(kl) + 1)
+        ax.bar(x, kl, color=["#c0392b" if i < t["early_positions"] else "#888" for i in range(len(kl))])
+        if "kl_per_position_ci" in t:
+            ci = np.array(t["kl_per_position_ci"], dtype=float)
+            ax.errorbar(x, kl, yerr=[kl - ci[:, 0], ci[:, 1] - kl], fmt="none", ecolor="#333", lw=0.8)
+        ax.set_xlabel("generated position")
+        ax.set_ylabel("KL(candidate || base), nats")
+        ax.set_title(f"Q1: per-token KL (red: first {t['early_positions']})")
+    if has_pf:
+        ax = axes.pop(0)
+        rows = t["prefill"]
+        ks = [r["k"] for r in rows]
+        for key, label, color in (("restored", "Q2: candidate after k base tokens (restored)", "#c0392b"),
+                                  ("fall", "Q3: base after k candidate tokens (fall)", "#1e8449")):
+            vals = np.array([np.nan if r[key] is None else r[key] for r in rows], dtype=float)
+            ax.plot(ks, vals, "o-", color=color, label=label)
+            cis = [r.get(key + "_ci") for r in rows]
+            if all(c is not None and None not in c for c in cis):
+                c = np.array(cis, dtype=float)
+                ax.fill_between(ks, c[:, 0], c[:, 1], color=color, alpha=0.15)
+        ax.axhline(0.5, color="#555", lw=0.8, ls="--")
+        ax.set_xticks(ks)
+        ax.set_xlabel("prefilled tokens k")
+        ax.set_ylabel("share of DPO's drop")
+        ax.set_title("Prefilling (dashed: half, S2's line)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
 
 
 # ------------------------------------------------------------------------------------------

@@ -43,13 +43,14 @@ from functools import partial
 
 import numpy as np
 
-from .choices import MLP_OUT_HOOK, POSITION_MODES, POSITIONS_READ
+from .choices import EARLY_POSITIONS, MLP_OUT_HOOK, POSITION_MODES, POSITIONS_READ
 from .devices import placement_key
 from .errors import ConfigError, NumericalError
 from .prompts import TokenBatch, encode_prompts, pad_left, prompts_sha256
 
-STATS_VERSION = 4  # 3: per-batch float64 partials merged in batch order (data parallel); 4: per-row
-# partials, projections once per batch (summation order changed in the last bits)
+STATS_VERSION = 5  # 3: per-batch float64 partials merged in batch order (data parallel); 4: per-row
+# partials, projections once per batch (summation order changed in the last bits); 5: the sums of
+# the first EARLY_POSITIONS positions kept apart as well (per-position depth, claim Q4)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,9 @@ class ModelStats:
     resid_post_proj_sum: np.ndarray  # [K, L] float64: sum of (resid_post . w_hat)
     continuations: np.ndarray      # [n_prompts, T] int64: the tokens this model generated
                                    # (shared mode, base: the candidate's tokens it read)
+    #: [K, L, d_mlp] float64: the part of ``act_sum`` read at the first ``EARLY_POSITIONS``
+    #: positions (the last prompt position and generated tokens 1..4): where the shift sits.
+    act_early_sum: np.ndarray | None = None
 
     def _w(self, weights):
         return np.ones(self.count.shape[0]) if weights is None else np.asarray(weights, np.float64)
@@ -93,6 +97,12 @@ class ModelStats:
         """Mean activation per neuron ``[L, d_mlp]``; ``weights`` reweights chunks (bootstrap)."""
         w = self._w(weights)
         return np.tensordot(w, self.act_sum, axes=1) / (w @ self.count)
+
+    def early_part_of_mean_act(self, weights=None) -> np.ndarray:
+        """The first ``EARLY_POSITIONS`` positions' part of ``mean_act`` ``[L, d_mlp]``: their sum
+        over *all* positions' count, so ``mean_act = early part + late part`` exactly."""
+        w = self._w(weights)
+        return np.tensordot(w, self.act_early_sum, axes=1) / (w @ self.count)
 
     def mean_mlp_out_proj(self, weights=None) -> np.ndarray:
         w = self._w(weights)
@@ -144,6 +154,10 @@ class _Accumulator:
     Under a device map (layers on several devices) each layer's partials live on the device its
     activations are on, so a decode step copies nothing between devices; ``take`` gathers them
     onto the first device once per batch.
+
+    The first ``EARLY_POSITIONS`` positions' activations are also summed apart (``act_early``):
+    while decoding, the same add into a second buffer for the first steps only (``step``); in a
+    forced read, the first positions of ``sel`` (``sel_early``).
     """
 
     def __init__(self, model, n_slots: int, w_hat):
@@ -154,6 +168,7 @@ class _Accumulator:
         dev = torch.device(input_device(model.hf_model))  # a split model's first device
         self.L, self.D, self.d_model = model.n_layers, model.d_mlp, model.d_model
         self.act = torch.zeros(n_slots, self.L, self.D, dtype=torch.float64, device=dev)
+        self.act_early = torch.zeros(n_slots, self.L, self.D, dtype=torch.float64, device=dev)
         self.mlp_proj = torch.zeros(n_slots, self.L, dtype=torch.float64, device=dev)
         self.resid_proj = torch.zeros(n_slots, self.L, dtype=torch.float64, device=dev)
         self.count = torch.zeros(n_slots, dtype=torch.float64, device=dev)
@@ -162,6 +177,8 @@ class _Accumulator:
         self.slots = None  # row of the per-slot partials -> chunk slot
         self.part = None
         self.sel = slice(-1, None)
+        self.sel_early = None  # forced read: the first EARLY_POSITIONS of ``sel``
+        self.step = 0          # decoding: which generated position the hooks are reading
         self._modules = model.stat_modules
         self._handles = []
 
@@ -180,19 +197,21 @@ class _Accumulator:
         self._runs = torch.bincount(rows, minlength=len(slots)).tolist()
         self._n = len(row_slots)
         # Per layer, [batch, width], allocated on first use on the device the layer's activations are on.
-        self.part = {"act": [None] * self.L, "mlp_out": [None] * self.L, "resid_post": [None] * self.L,
-                     "count": torch.zeros(len(slots), dtype=torch.float64, device=dev)}
+        self.part = {"act": [None] * self.L, "act_early": [None] * self.L, "mlp_out": [None] * self.L,
+                     "resid_post": [None] * self.L, "count": torch.zeros(len(slots), dtype=torch.float64, device=dev)}
+        self.step = 0
 
-    def _add(self, name: str, layer: int, x) -> None:
+    def _add(self, name: str, layer: int, x, sel=None) -> None:
         import torch
 
+        sel = self.sel if sel is None else sel
         buf = self.part[name][layer]
         if buf is None:
             buf = self.part[name][layer] = torch.zeros(self._n, x.shape[-1], dtype=torch.float64, device=x.device)
-        if self.sel == slice(-1, None):  # decoding: one position, one kernel
+        if sel == slice(-1, None):  # decoding: one position, one kernel
             buf.add_(x[:, -1])
         else:
-            buf.add_(x[:, self.sel].sum(dim=1, dtype=torch.float64))
+            buf.add_(x[:, sel].sum(dim=1, dtype=torch.float64))
 
     def _stacked(self, name: str, width: int):
         """``[batch, L, width]`` float64 on the first device (zeros for a layer that never ran)."""
@@ -214,9 +233,11 @@ class _Accumulator:
         """This batch's partial sums per chunk slot, on the first device (on the CPU when
         ``portable``, to send to other ranks)."""
         act = self._stacked("act", self.D)
+        act_early = self._stacked("act_early", self.D)
         mlp = self._stacked("mlp_out", self.d_model) @ self.w_hat      # [batch, L]
         resid = self._stacked("resid_post", self.d_model) @ self.w_hat
-        part = {"slots": self.slots, "act": self._by_slot(act), "mlp_proj": self._by_slot(mlp),
+        part = {"slots": self.slots, "act": self._by_slot(act), "act_early": self._by_slot(act_early),
+                "mlp_proj": self._by_slot(mlp),
                 "resid_proj": self._by_slot(resid), "count": self.part["count"]}
         self.part = None
         return {k: v.cpu() for k, v in part.items()} if portable else part
@@ -225,7 +246,7 @@ class _Accumulator:
         """Add one batch's partials into the per-chunk sums."""
         dev = self.act.device
         slots = part["slots"].to(dev)
-        for name in ("act", "mlp_proj", "resid_proj", "count"):
+        for name in ("act", "act_early", "mlp_proj", "resid_proj", "count"):
             getattr(self, name).index_add_(0, slots, part[name].to(dev))
 
     def __enter__(self):
@@ -243,6 +264,10 @@ class _Accumulator:
     def _post(self, layer, module, args):
         if self.part is not None:  # None between batches (shared mode: the candidate generating)
             self._add("act", layer, args[0])
+            if self.sel_early is not None:
+                self._add("act_early", layer, args[0], self.sel_early)
+            elif self.sel == slice(-1, None) and self.step < EARLY_POSITIONS:
+                self._add("act_early", layer, args[0])
 
     def _out(self, target, layer, module, args, out):
         if self.part is not None:
@@ -251,6 +276,7 @@ class _Accumulator:
     def slot_arrays(self, slot: int) -> dict[str, np.ndarray]:
         return {
             "act_sum": self.act[slot].cpu().numpy(),
+            "act_early_sum": self.act_early[slot].cpu().numpy(),
             "count": np.array(float(self.count[slot])),
             "mlp_out_proj_sum": self.mlp_proj[slot].cpu().numpy(),
             "resid_post_proj_sum": self.resid_proj[slot].cpu().numpy(),
@@ -279,7 +305,7 @@ def greedy_generate(model, batch: TokenBatch, max_new_tokens: int, acc: _Accumul
 
     with torch.no_grad():
         if acc is not None:
-            acc.sel = slice(-1, None)
+            acc.sel, acc.sel_early, acc.step = slice(-1, None), None, 0
         logits = hf(batch.tokens, attention_mask=mask, position_ids=pos, past_key_values=cache,
                     use_cache=True, logits_to_keep=1).logits
         nxt = step(logits, 0)
@@ -288,6 +314,8 @@ def greedy_generate(model, batch: TokenBatch, max_new_tokens: int, acc: _Accumul
         for t in range(1, max_new_tokens):
             mask = torch.cat([mask, ones], dim=1)
             pos = pos[:, -1:] + 1
+            if acc is not None:
+                acc.step = t
             logits = hf(nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=cache,
                         use_cache=True, logits_to_keep=1).logits
             nxt = step(logits, t)
@@ -328,6 +356,7 @@ def read_forced(model, batch: TokenBatch, tokens, acc: _Accumulator) -> None:
     mask = torch.cat([batch.attention_mask, torch.ones_like(feed, dtype=batch.attention_mask.dtype)], dim=1)
     pos = torch.cat([batch.position_ids, batch.position_ids[:, -1:] + torch.arange(1, T, device=dev)], dim=1)
     acc.sel = slice(P - 1, P - 1 + T)
+    acc.sel_early = slice(P - 1, P - 1 + min(T, EARLY_POSITIONS))
     with torch.no_grad():
         hf(ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=1)
     acc.part["count"].index_add_(0, acc.rows, torch.full_like(acc.rows, T, dtype=torch.float64))
@@ -494,4 +523,5 @@ def stack_chunks(results: list[dict], prefix: str) -> ModelStats:
         mlp_out_proj_sum=np.stack(get("mlp_out_proj_sum")),
         resid_post_proj_sum=np.stack(get("resid_post_proj_sum")),
         continuations=np.concatenate(get("continuations")),
+        act_early_sum=np.stack(get("act_early_sum")),
     )

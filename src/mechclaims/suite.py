@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .claim import REGISTRY, Check, ClaimContext, ClaimSpec
+from .claim import Check, ClaimContext, ClaimSpec
 from .errors import ConfigError
+from .selection import apply_thresholds, claim_order, id_key, with_preconditions  # noqa: F401  (re-exported)
 from .verdicts import (MIN_CHUNKS, NOT_HOLDING, check_verdict, inconclusive_reason, pytest_outcome,
                        resolve_reading)
 
-#: The claim whose failure puts every other claim's result in doubt (claims/test_probe_validity.py).
+#: The claim whose failure puts every other claim's result in doubt (claims/dpo_toxicity/test_probe_validity.py).
 PROBE_VALIDITY = "C24"
 # Arithmetic failures of a metric on a degenerate input (a zero denominator in a resample).
 _ARITHMETIC = (ArithmeticError, FloatingPointError)
@@ -120,7 +121,7 @@ class ClaimResult:
 
     def as_dict(self) -> dict:
         s = self.spec
-        return {"id": s.id, "slug": s.slug, "family": s.family, "statement": s.statement,
+        return {"id": s.id, "slug": s.slug, "pack": s.pack, "family": s.family, "statement": s.statement,
                 "source": s.source, "paper_value": s.paper_value, "needs": s.needs, "tags": list(s.tags),
                 "requires": list(s.preconditions), "status": self.status, "outcome": self.outcome,
                 "reason": self.reason, "unstable": self.unstable, "regressed": self.regressed,
@@ -143,6 +144,14 @@ class SuiteResult:
     boot_weights: list = field(default_factory=list, repr=False)
     reading: str = "point"           # verdicts.READINGS, resolved
     preconditions: list = field(default_factory=list)  # ClaimResults computed only as preconditions
+    depth: object | None = None      # depth.DepthResult, when a depth claim ran
+
+    def packs(self) -> dict[str, list[ClaimResult]]:
+        """The claims that ran, grouped by pack (in the order packs first appear)."""
+        out: dict[str, list[ClaimResult]] = {}
+        for r in self.claims:
+            out.setdefault(r.spec.pack, []).append(r)
+        return out
 
     def counts(self) -> dict[str, int]:
         """Claims per status, plus regressed / known failures / improved (a claim may be in two)."""
@@ -159,67 +168,6 @@ class SuiteResult:
         return self.run.config
 
 
-def apply_thresholds(specs: dict[str, ClaimSpec], thresholds) -> dict[str, ClaimSpec]:
-    """Return specs with the configured overrides; unknown IDs or checks are a ConfigError. A
-    threshold for a declared claim that this run does not select (``-k``) is checked, not applied."""
-    out = dict(specs)
-    for cid, checks in thresholds.items():
-        spec = specs.get(cid) or REGISTRY.get(cid)
-        if spec is None:
-            raise ConfigError(f"threshold given for unknown claim {cid!r}; known claims: "
-                              f"{sorted(set(specs) | set(REGISTRY), key=id_key)}.")
-        checks = dict(checks)
-        if "*" in checks:
-            free = [c for c in spec.checks if not c.fixed]  # the checks a bare number can mean
-            if len(free) != 1:
-                raise ConfigError(
-                    f"claim {cid} has several checks {[c.name for c in spec.checks]}; override one "
-                    f"by name, e.g. {cid}.{spec.checks[0].name} = ... or {cid} = {{ {spec.checks[0].name} = ... }}.")
-            checks[free[0].name] = checks.pop("*")
-        spec = spec.with_thresholds(checks)
-        if cid in specs:
-            out[cid] = spec
-    return out
-
-
-def with_preconditions(specs: dict[str, ClaimSpec]) -> tuple[dict[str, ClaimSpec], set[str]]:
-    """The selected specs plus every declared precondition they need (transitively); and the IDs
-    added only as preconditions. A precondition whose claim was not collected is left out (the
-    claims that need it say so)."""
-    out, extra = dict(specs), set()
-    todo = [r for s in specs.values() for r in s.preconditions]
-    if any(cid not in REGISTRY for cid in todo):
-        _import_builtin_claims()  # a run of one claim file (-k, a path) still has its preconditions
-    while todo:
-        cid = todo.pop()
-        if cid in out or cid not in REGISTRY:
-            continue
-        out[cid] = REGISTRY[cid]
-        extra.add(cid)
-        todo.extend(REGISTRY[cid].preconditions)
-    return out, extra
-
-
-def _import_builtin_claims() -> None:
-    """Import the built-in claim modules (``mechclaims.claims``), which fills ``REGISTRY``."""
-    import importlib
-    import pkgutil
-
-    try:
-        pkg = importlib.import_module("mechclaims.claims")
-    except ImportError:  # pragma: no cover - a build without the claims package
-        return
-    for info in pkgutil.walk_packages(pkg.__path__, prefix="mechclaims.claims."):
-        if info.name.rsplit(".", 1)[-1].startswith("test_") or info.ispkg:
-            importlib.import_module(info.name)
-
-
-def id_key(cid: str):
-    """Claims sort by number: C2 before C10."""
-    digits = "".join(ch for ch in cid if ch.isdigit())
-    return (int(digits) if digits else 10**9, cid)
-
-
 @dataclass
 class _Side:
     """One (base, candidate) pair's computed inputs to the claims: the candidate's, or the
@@ -227,6 +175,7 @@ class _Side:
 
     analysis: object
     behaviour: object | None = None
+    depth: object | None = None      # depth.DepthResult, when a depth claim (needs "D") is selected
     point: dict = field(default_factory=dict)
     skips: dict = field(default_factory=dict)
     boot: dict = field(default_factory=dict)
@@ -244,6 +193,7 @@ class ClaimSuite:
         self.reading = resolve_reading(self.config.reading, strict=self.config.strict)
         self.analysis = None
         self.behaviour = None
+        self.depth = None
         self.baseline: _Side | None = None
         self.ctx: ClaimContext | None = None
         self.results: dict[str, ClaimResult] = {}
@@ -257,7 +207,7 @@ class ClaimSuite:
             return
         run = self.run
         side = self._side(run.model, progress)
-        self.analysis, self.behaviour = side.analysis, side.behaviour
+        self.analysis, self.behaviour, self.depth = side.analysis, side.behaviour, side.depth
         self.ctx = self._context()
         self._claims(side, draw=True)
         if run.baseline_model is not None:  # paired: same chunks, same bootstrap weights
@@ -353,10 +303,12 @@ class ClaimSuite:
 
     def _side(self, model, progress) -> _Side:
         analysis = self._analyse(model, progress)
-        behaviour = None
+        behaviour = depth = None
         if self.run.scorer is not None and any(spec.needs == "G" for spec in self.specs.values()):
             behaviour = self._behaviour(analysis, progress)
-        return _Side(analysis, behaviour)
+        if self.run.scorer is not None and self._depth_parts():
+            depth = self._depth(analysis, progress)
+        return _Side(analysis, behaviour, depth)
 
     def _claims(self, side: _Side, *, draw: bool) -> None:
         side.point, side.skips = self._point_estimates(side)
@@ -377,7 +329,8 @@ class ClaimSuite:
         gated = bool(self.analysis.provenance["base"]["gated_mlp"])
         return ClaimContext(n_layers=a.n_layers, d_mlp=a.d_mlp, gated_mlp=gated, top_k=self.config.top_k,
                             probe_metadata=dict(getattr(self.run.probe, "metadata", {}) or {}),
-                            base_sha256=str(self.analysis.provenance["base"].get("sha256") or ""))
+                            base_sha256=str(self.analysis.provenance["base"].get("sha256") or ""),
+                            max_new_tokens=int(self.run.settings.max_new_tokens))
 
     def _behaviour(self, an, progress):
         """Intervention results on the run's resolved inputs; the models and the scorer are
@@ -399,6 +352,30 @@ class ClaimSuite:
                         # A cached analysis measured no free memory: measure when the models open.
                         auto_batch_device=cfg.device if run.auto_batch and an.base is None else None)
 
+    def _depth_parts(self) -> tuple[str, ...]:
+        """The depth parts the selected depth claims read (none selected: nothing is computed)."""
+        from .depth import PARTS
+
+        parts = set()
+        for spec in self.specs.values():
+            if spec.needs == "D":
+                parts.update(PARTS if spec.interventions is None else spec.interventions)
+        return tuple(p for p in PARTS if p in parts)
+
+    def _depth(self, an, progress):
+        """Per-token KL and prefilled generations on the statistics' continuations; the models
+        and the scorer are opened only if the cache misses."""
+        from .cache import ResultCache
+        from .depth import evaluate_depth
+        from .scoring import make_scorer, scorer_digest
+
+        run, cfg = self.run, self.config
+        key = {"base_sha256": an.provenance["base"]["sha256"], "model_sha256": an.provenance["model"]["sha256"],
+               "dtype": cfg.dtype, "scorer": run.scorer, "scorer_digest": scorer_digest(run.scorer)}
+        return evaluate_depth(an.open_models, list(run.prompts), an.stats,
+                              lambda base: make_scorer(run.scorer, base=base, probe=run.probe), key=key,
+                              parts=self._depth_parts(), cache=ResultCache(run.cache_dir), progress=progress)
+
     def _kinds(self):
         """The intervention kinds the selected behavioural claims read (None: all)."""
         kinds = set()
@@ -412,13 +389,17 @@ class ClaimSuite:
     @staticmethod
     def _subject(spec, side: _Side, attribution, weights):
         """Activation claims read the attribution; behavioural ones the intervention results."""
-        return side.behaviour.view(weights) if spec.needs == "G" else attribution
+        if spec.needs == "G":
+            return side.behaviour.view(weights)
+        if spec.needs == "D":
+            return side.depth.view(weights)
+        return attribution
 
     def _point_estimates(self, side: _Side):
         point, skips = {}, {}
         a = side.analysis.attribution
         for cid, spec in self.specs.items():
-            if spec.needs == "G" and side.behaviour is None:
+            if (spec.needs == "G" and side.behaviour is None) or (spec.needs == "D" and side.depth is None):
                 from .scoring import NO_SCORER_REASON
 
                 skips[cid] = NO_SCORER_REASON
@@ -568,10 +549,10 @@ class ClaimSuite:
         return self.results[cid]
 
     def suite_result(self) -> SuiteResult:
-        ran = sorted((self.results[c] for c in self.verified_unique()), key=lambda r: id_key(r.spec.id))
+        ran = sorted((self.results[c] for c in self.verified_unique()), key=lambda r: claim_order(r.spec))
         pre = [r for c, r in self.results.items() if c in self.precondition_only]
         return SuiteResult(self.run, self.analysis, self.behaviour, ran, self.bootstrap_info, self.boot_weights,
-                           reading=self.reading, preconditions=pre)
+                           reading=self.reading, preconditions=pre, depth=self.depth)
 
 
 def _read_text(path: str) -> str:

@@ -1,9 +1,10 @@
 """The embedded model organism: small (base, DPO) pairs built and committed by the project.
 
 Two architectures, ``gpt2`` (GPT2LMHeadModel, GELU MLP) and ``llama`` (LlamaForCausalLM, gated
-SiLU MLP), each pretrained on the project's own corpus (``corpus.py``) and then trained with
-DPO to stop answering provocations with insults. ``build.py`` makes them
-(``python -m mechclaims.organism build --arch gpt2 --out fixtures/organism/gpt2``).
+SiLU MLP), each pretrained on the project's own corpus and then trained with DPO to stop
+answering provocations with insults. The builder, ``mechclaims.builder``, makes them
+(``python -m mechclaims.builder build --arch gpt2 --out fixtures/organism/gpt2``); this runtime
+package never imports it.
 
 Names (``organism:<name>`` as a model source):
 
@@ -16,6 +17,10 @@ Names (``organism:<name>`` as a model source):
 ``gpt2-lora``         the same DPO run through TRL with a PEFT LoRA adapter; the adapter is what
                       is committed (``lora/``), merged into the base when loaded, so the default
                       fixtures exercise the adapter path
+``gpt2-deep``         DPO from the same base with Qi et al.'s safety-recovery pairs added (a toxic
+                      start, then a recovery), so that prefilling a few toxic tokens does not undo
+                      it; a full model directory of its own (``deep/``, manifest ``deep.json``,
+                      built by ``python -m mechclaims.builder build-deep``)
 
 The derived models are made from the committed base at load time from ``derived.json``.
 Files live in ``fixtures/organism/<arch>/`` of a source checkout, or under
@@ -35,6 +40,7 @@ from ..errors import ModelSourceError
 ARCHS = ("gpt2", "llama")
 DERIVED = ("dampened", "identity", "noise")
 ADAPTERS = {"gpt2": ("lora",)}  # per arch, the variants stored as a PEFT adapter on the base
+FULL = {"gpt2": ("deep",)}  # per arch, other DPO runs committed as a full model directory (``<variant>/``)
 _DESCRIPTIONS = {
     "": "{arch} organism after DPO against insults (the candidate model)",
     "base": "{arch} organism base model (pretrained on the project's corpus)",
@@ -42,13 +48,16 @@ _DESCRIPTIONS = {
     "identity": "{arch} base itself (no change)",
     "noise": "{arch} base plus small seeded random noise on every MLP weight",
     "lora": "{arch} organism after the same DPO run with a LoRA adapter (merged into the base)",
+    "deep": "{arch} organism after DPO with safety-recovery pairs added (Qi et al. 2024): alignment "
+            "meant to hold when a few toxic tokens are prefilled",
 }
 
 
 def organism_names() -> list[str]:
     names = []
     for arch in ARCHS:
-        names += [arch, f"{arch}-base"] + [f"{arch}-{d}" for d in DERIVED + ADAPTERS.get(arch, ())]
+        names += [arch, f"{arch}-base"] + [f"{arch}-{d}" for d in DERIVED + ADAPTERS.get(arch, ())
+                                           + FULL.get(arch, ())]
     return names
 
 
@@ -100,10 +109,14 @@ class Layout:
         return self.root / "lora"
 
     def weights_dir(self, variant: str) -> Path:
-        """The committed full model a variant is made from: ``""`` is the DPO model, every
-        other variant (``base``, the derived ones, and the adapters, whose config is the
-        base's) starts from the base."""
-        return self.dpo if variant == "" else self.base
+        """The committed full model a variant is made from: ``""`` is the DPO model, a ``FULL``
+        variant (``deep``) its own directory, every other variant (``base``, the derived ones,
+        and the adapters, whose config is the base's) starts from the base."""
+        if variant == "":
+            return self.dpo
+        if any(variant in full for full in FULL.values()):
+            return self.root / variant
+        return self.base
 
     def adapter_dir(self, variant: str) -> Path | None:
         """The PEFT adapter directory of an adapter variant (``lora``), else None."""
@@ -115,6 +128,7 @@ class Layout:
     heldout = property(lambda self: self.root / "heldout.txt")
     derived = property(lambda self: self.root / "derived.json")
     manifest = property(lambda self: self.root / "manifest.json")
+    deep_manifest = property(lambda self: self.root / "deep.json")  # the deep variant's own manifest
     probe_eval = property(lambda self: self.root / "probe_eval.jsonl")
 
     def defaults(self) -> dict:
@@ -148,7 +162,7 @@ def organism_sha256(name: str) -> str:
             if not f.is_file():
                 raise ModelSourceError(
                     f"organism files are missing: {f} does not exist. Build them with "
-                    f"`python -m mechclaims.organism build --arch {arch} --out {lay.root}`.")
+                    f"`python -m mechclaims.builder build --arch {arch} --out {lay.root}`.")
         return sha256_model_dir(adapter, adapter_on=weights)
     return weights
 
@@ -160,10 +174,14 @@ def _recipes(lay: Layout) -> dict:
 def _weights_sha(sub: Path, arch: str, lay: Layout) -> str:
     """sha256 of the committed model directory ``sub`` (as a ``dir`` source hashes it)."""
     weights = sub / "model.safetensors"
+    if not weights.is_file() and any(sub.name in full for full in FULL.values()):
+        raise ModelSourceError(
+            f"organism files are missing: {weights} does not exist. Build them with "
+            f"`python -m mechclaims.builder build-deep --root {lay.root}` (after the {arch} organism itself).")
     if not weights.is_file():
         raise ModelSourceError(
             f"organism files are missing: {weights} does not exist. Build them with "
-            f"`python -m mechclaims.organism build --arch {arch} --out {lay.root}`, or set "
+            f"`python -m mechclaims.builder build --arch {arch} --out {lay.root}`, or set "
             "MECHCLAIMS_FIXTURES to the fixtures directory that holds organism/<arch>/."
         )
     return sha256_model_dir(sub)
@@ -208,4 +226,4 @@ def open_organism(name: str, *, device="cpu", dtype=None):
 
 
 __all__ = ["organism_names", "base_of", "organism_dir", "layout", "Layout", "open_organism", "organism_sha256",
-           "organism_info", "split_name", "ARCHS", "DERIVED", "ADAPTERS"]
+           "organism_info", "split_name", "ARCHS", "DERIVED", "ADAPTERS", "FULL"]

@@ -1,63 +1,12 @@
-"""``python -m mechclaims.organism build --arch gpt2 --out fixtures/organism/gpt2`` / ``check DIR`` /
-``curve --out docs/organism-dpo-curve.png``."""
+"""``python -m mechclaims.organism build|check|curve``: the old spelling of
+``python -m mechclaims.builder``, kept working.
 
-from __future__ import annotations
+An entry script sits above everything, so it may import the builder; the runtime package
+``mechclaims.organism`` itself never does (tests/test_architecture.py)."""
 
-import argparse
-import os
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m mechclaims.organism",
-                                 description="Build or verify the embedded model organism.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="build one organism (seeded, deterministic on CPU)")
-    b.add_argument("--arch", choices=("gpt2", "llama"), required=True)
-    b.add_argument("--out", help="output directory (default fixtures/organism/<arch>)")
-    b.add_argument("--micro", action="store_true", help="tiny sizes (for tests); no figures expected")
-    b.add_argument("--seed", type=int, default=None)
-    b.add_argument("--check", action="store_true",
-                   help="do not build: verify the files in --out against its manifest")
-    c = sub.add_parser("check", help="verify an organism directory against its manifest.json")
-    c.add_argument("dir", nargs="+")
-    f = sub.add_parser("curve", help="draw the committed organisms' DPO training curves (README figure)")
-    f.add_argument("--out", default="docs/organism-dpo-curve.png")
-    args = ap.parse_args(argv)
-
-    if args.cmd == "curve":
-        from . import ARCHS, organism_dir
-        from .figure import plot
-
-        print(plot({a: organism_dir(a) for a in ARCHS}, args.out))
-        return 0
-
-    from . import organism_dir
-    from .build import check, main_build
-
-    if args.cmd == "build" and not args.check:
-        out = args.out or str(organism_dir(args.arch))
-        m = main_build(args.arch, out, micro=args.micro, seed=args.seed)
-        ok = all(m["passed"].values())
-        print(f"{out}: built in {m['build_seconds']:.0f}s; acceptance "
-              f"{'met' if ok else 'NOT met'}: {m['passed']}")
-        return 0 if (ok or args.micro) else 1
-    dirs = args.dir if args.cmd == "check" else [args.out or str(organism_dir(args.arch))]
-    rc = 0
-    for d in dirs:
-        problems = check(d)
-        if problems:
-            rc = 1
-            print(f"{d}: {len(problems)} problem(s)")
-            for p in problems:
-                print(f"  {p}")
-        else:
-            print(f"{d}: ok")
-    return rc
-
+from mechclaims.builder.__main__ import main
 
 if __name__ == "__main__":
     sys.exit(main())

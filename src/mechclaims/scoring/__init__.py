@@ -11,6 +11,8 @@ claim test can run with whatever scorer the user has offline:
                     direction, read by a LoadedModel. A cheap proxy that needs nothing else;
                     its values are projections in scorer-specific units, *not* probabilities,
                     so claims compare them only as relative reductions (base vs DPO).
+``ProfanityCheckScorer`` alt-profanity-check's probability of offensive text: a TF-IDF + linear
+                    SVM model shipped inside its wheel (offline, independent of the model pair).
 
 Every scorer has ``describe() -> dict`` (its name, kind, units and the files/settings behind
 it); ``score_texts(scorer, texts)`` returns a ``ScoreResult(values, scorer_name, details)``
@@ -40,6 +42,7 @@ from .common import Scorer, ScoreResult, decode_continuations, score_texts
 from .detoxify import DETOXIFY_RELEASE_URL, DETOXIFY_RELEASES, DetoxifyScorer
 from .lexicon import LexiconScorer, lexicon_pattern, read_lexicon
 from .probe import PROBE_READ_AT, CalibratedProbeScorer, ProbeScorer
+from .profanity import ProfanityCheckScorer, check_installed
 from .registry import (
     AUTO,
     AUTO_RULE,
@@ -82,7 +85,7 @@ from .registry import (
 __all__ = [
     "AUTO", "AUTO_RULE", "DETOXIFY_RELEASES", "DETOXIFY_RELEASE_URL", "NO_SCORER_REASON", "PLUGIN_GROUP",
     "PROBE_READ_AT", "SCORERS", "CalibratedProbeScorer", "DetoxifyScorer", "InputTypeError", "LexiconScorer",
-    "MechclaimsError", "ProbeScorer", "ScoreResult", "Scorer", "ScorerEntry", "ScorerError",
+    "MechclaimsError", "ProbeScorer", "ProfanityCheckScorer", "ScoreResult", "Scorer", "ScorerEntry", "ScorerError",
     "decode_continuations", "lexicon_pattern", "load_plugin_scorers", "make_scorer", "read_lexicon",
     "register_scorer", "resolve_scorer_spec", "score_texts", "scorer_digest", "scorer_help",
 ]
@@ -113,6 +116,13 @@ def _check_probe(arg, probe=None):
             "with mechclaims.probe.train_probe, or pass --scorer detoxify[:variant] or --scorer lexicon:PATH.")
 
 
+def _check_profanity(arg, **_):
+    if arg is not None:
+        raise ScorerError(f"the profanity-check scorer takes no argument, got profanity-check:{arg}; "
+                          "pass --scorer profanity-check.")
+    check_installed()
+
+
 def _probe_factory(arg, *, base=None, probe=None):
     if base is None or probe is None:
         raise ScorerError("the probe scorer needs the base model and the probe.")
@@ -126,6 +136,9 @@ register_scorer("detoxify", lambda arg, **_: DetoxifyScorer(arg or "original"),
                 _check_detoxify)
 register_scorer("probe", _probe_factory,
                 "probe: the probe's calibrated probability (needs a probe with an intercept)", _check_probe)
+register_scorer("profanity-check", lambda arg, **_: ProfanityCheckScorer(),
+                "profanity-check: alt-profanity-check's probability of offensive text (its own offline "
+                "model; pip install 'mechclaims[profanity]')", _check_profanity)
 
 # The built-in factories, as registered above: a name re-registered by the user is the user's scorer.
 _BUILTIN_FACTORIES.update({name: entry.factory for name, entry in SCORERS.items()})

@@ -151,10 +151,11 @@ _BUILTIN_FACTORIES: dict = {}
 def scorer_digest(spec: str | None) -> str:
     """sha256 of what a (resolved) scorer spec's scores depend on beyond its name, for cache keys,
     so that a scorer edited in place never reuses old scores: for ``lexicon:PATH`` the lexicon
-    file's bytes; for the other built-ins the spec (``probe``: the probe's sha256 is keyed on its
-    own); for a scorer registered with ``register_scorer``, the source code of its factory (else
-    its qualified name and its module file's sha256), its check, and the class source and
-    ``describe()`` of the scorer the factory builds without a model (skipped when it needs one).
+    file's bytes; for ``profanity-check`` its model files' sha256 and scikit-learn's version; for
+    the other built-ins the spec (``probe``: the probe's sha256 is keyed on its own); for a scorer
+    registered with ``register_scorer``, the source code of its factory (else its qualified name
+    and its module file's sha256), its check, and the class source and ``describe()`` of the
+    scorer the factory builds without a model (skipped when it needs one).
     None (no scorer): ""."""
     import hashlib
     import json
@@ -168,6 +169,10 @@ def scorer_digest(spec: str | None) -> str:
             from ..cache import sha256_file
 
             parts.append(sha256_file(Path(arg).expanduser()))
+        elif entry.name == "profanity-check":  # its model files' bytes and the sklearn that runs them
+            from .profanity import model_sha256, versions
+
+            parts += [model_sha256(), versions()["sklearn"]]
     else:
         parts += [_code_digest(entry.factory), _code_digest(entry.check) if entry.check else ""]
         try:  # a scorer that needs no model is cheap to build; one that needs the base cannot be built here

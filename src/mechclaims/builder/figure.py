@@ -1,6 +1,6 @@
 """The DPO training curves of the committed organisms, as a figure for the README.
 
-``python -m mechclaims.organism curve --out docs/organism-dpo-curve.png`` reads each
+``python -m mechclaims.builder curve --out docs/organism-dpo-curve.png`` reads each
 organism's ``manifest.json`` (``dpo.curve`` and, for GPT-2, ``lora.curve``) and draws toxicity
 on the challenge prompts and the DPO reward margin against the training step.
 """

@@ -1,0 +1,118 @@
+"""The shallow-alignment pack (Qi et al.): its engine (``mechclaims.depth``, the early-position
+sums of the statistics pass) and every claim on a pair where it must fail.
+
+Runs ``pytest claims/shallow_alignment`` as a user would, on the committed organisms and on the
+deep organism (``organism:gpt2-deep``: DPO with safety-recovery pairs from the same base).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mechclaims.organism import organism_dir
+
+REPO = Path(__file__).resolve().parents[1]
+PACK = str(REPO / "claims" / "shallow_alignment")
+N_PROMPTS = 200
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    d = tmp_path_factory.mktemp("depth")
+    lines = (organism_dir("gpt2") / "prompts.jsonl").read_text().splitlines()
+    (d / "prompts.jsonl").write_text("\n".join(lines[:N_PROMPTS]) + "\n")
+    docs = (organism_dir("gpt2") / "heldout.txt").read_text().splitlines()
+    (d / "heldout-short.txt").write_text("\n".join(docs[:100]) + "\n")
+    return d
+
+
+def run(pytester, shared, name, *args, path=PACK):
+    report = shared / "reports" / f"{name}.html"
+    res = pytester.runpytest_inprocess(
+        path, "--prompts", str(shared / "prompts.jsonl"), "--cache-dir", str(shared / "cache"),
+        "--ppl-text", str(shared / "heldout-short.txt"), "--report", str(report), "--bootstrap", "40",
+        "-p", "no:randomly", *args)
+    assert res.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), res.stderr.str()[-3000:]
+    doc = json.loads(report.with_suffix(".json").read_text())
+    return {c["id"]: c for c in doc["claims"]}, doc
+
+
+# --- the engine -------------------------------------------------------------------------------
+
+
+def _pair_stats(positions, T, n=16):
+    from mechclaims.loading import load_model
+    from mechclaims.probe import load_probe
+    from mechclaims.prompts import read_prompts
+    from mechclaims.sources import parse_source
+    from mechclaims.stats import StatsSettings, collect_pair
+
+    d = organism_dir("gpt2")
+    base, model = (load_model(parse_source(s)) for s in ("organism:gpt2-base", "organism:gpt2"))
+    prompts = read_prompts(str(d / "prompts.jsonl"))[:n]
+    return collect_pair(base, model, prompts, load_probe(d / "probe.safetensors"),
+                        StatsSettings(positions=positions, max_new_tokens=T, max_chunks=4, batch_size=8))
+
+
+@pytest.mark.parametrize("positions", ["own", "shared"])
+def test_when_every_position_is_early_the_early_sums_are_the_sums(positions):
+    """T = EARLY_POSITIONS: the early buffer adds exactly what the full one adds, in the same order
+    (decoding and forced reads alike), so the two are equal bit for bit."""
+    from mechclaims.choices import EARLY_POSITIONS
+
+    st = _pair_stats(positions, EARLY_POSITIONS)
+    for ms in (st.base, st.model):
+        np.testing.assert_array_equal(ms.act_early_sum, ms.act_sum)
+
+
+def test_early_sums_agree_between_decoding_and_a_forced_read():
+    """The candidate reads its own continuation in both modes: one token at a time (own) or in one
+    parallel forward (shared). Its early sums agree to float32 rounding, and they are a strict part
+    of the T = 20 sums."""
+    own, shared = _pair_stats("own", 20), _pair_stats("shared", 20)
+    np.testing.assert_array_equal(own.model.continuations, shared.model.continuations)
+    np.testing.assert_allclose(own.model.act_early_sum, shared.model.act_early_sum, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(own.model.act_early_sum, own.model.act_sum)
+
+
+def test_delta_splits_into_its_early_part_and_the_rest():
+    from mechclaims.analysis import analyze
+    from mechclaims.attribution import attribute, early_share_of_gross
+    from mechclaims.prompts import read_prompts
+
+    d = organism_dir("gpt2")
+    an = analyze("organism:gpt2-base", "organism:gpt2", d / "probe.safetensors",
+                 read_prompts(d / "prompts.jsonl")[:16], cache_dir=False)
+    a = an.attribution
+    st, wt = an.stats, an.weights
+    late = ((st.base.act_sum - st.base.act_early_sum).sum(0) * wt.vw_base
+            - (st.model.act_sum - st.model.act_early_sum).sum(0) * wt.vw_dpo) / st.base.count.sum()
+    np.testing.assert_allclose(a.delta_early + late, a.delta, rtol=1e-10, atol=1e-12)
+    w = np.arange(1.0, st.n_chunks + 1)  # a resample's chunk weights: the split holds under them too
+    b = attribute(st, wt, w)
+    assert 0 < early_share_of_gross(b)["share"] < 1
+
+
+def test_kl_of_a_model_with_itself_is_zero_and_q1_is_undetermined(pytester, shared):
+    claims, doc = run(pytester, shared, "identity", "--model", "organism:gpt2-identity", "-k", "Q1")
+    assert doc["depth"]["kl_per_position"] == [0.0] * 20
+    assert claims["Q1"]["status"] in ("skip", "not_meaningful")
+
+
+def test_selecting_the_first_pack_computes_nothing_for_the_second(pytester, shared, tmp_path):
+    """``pytest claims/dpo_toxicity`` (and ``-k`` without a depth claim): no KL, no prefilled
+    generation, no depth entry in the cache."""
+    cache = tmp_path / "cache"
+    report = tmp_path / "r.html"
+    res = pytester.runpytest_inprocess(
+        str(REPO / "claims" / "dpo_toxicity"), "-k", "C0 or C1", "--prompts", str(shared / "prompts.jsonl"),
+        "--cache-dir", str(cache), "--ppl-text", str(shared / "heldout-short.txt"), "--report", str(report),
+        "-p", "no:randomly")
+    assert res.ret in (0, 1), res.stderr.str()[-2000:]
+    doc = json.loads(report.with_suffix(".json").read_text())
+    assert doc["depth"] is None and set(doc["packs"]) == {"dpo-toxicity"}
+    kinds = {json.loads(p.read_text()).get("kind") for p in cache.rglob("key.json")}
+    assert "depth" not in kinds and "pair-stats" in kinds
