@@ -107,11 +107,11 @@ def test_the_report_cannot_overwrite_its_baseline(pytester, cycle):
 def test_gate_marker_selects_the_gate_and_computes_no_generation(pytester, cycle):
     report = cycle / "gate" / "claims.html"
     res = pytester.runpytest_inprocess(
-        CLAIMS, "-m", "gate", "-k", "not C1_ and not C2_ and not C5_ and not C14_ and not S1_",
+        CLAIMS, "-m", "gate", "-k", "not C1_ and not C2_ and not C5_ and not C14_ and not S1_ and not S2_",
         "--prompts", str(cycle / "prompts.jsonl"), "--cache-dir", str(cycle / "cache"), "--report", str(report))
     doc = json.loads(report.with_suffix(".json").read_text())
     assert sorted(c["id"] for c in doc["claims"]) == ["C0", "C24", "C3"]
-    assert all("gate" in c["tags"] for c in doc["claims"]) and doc["behaviour"] is None
+    assert all("gate" in c["tags"] for c in doc["claims"]) and doc["behaviour"] is None and doc["depth"] is None
     res = pytester.runpytest_inprocess(CLAIMS, "-m", "gate", "--collect-only", "-q")
     ids = sorted({line.split("::")[1].split("_")[1] for line in res.stdout.lines if "::test_" in line})
-    assert ids == ["C0", "C1", "C14", "C2", "C24", "C3", "C5", "S1"]
+    assert ids == ["C0", "C1", "C14", "C2", "C24", "C3", "C5", "S1", "S2"]

@@ -144,7 +144,8 @@ def _kappa(a: np.ndarray, b: np.ndarray) -> float:
 def test_an_independent_classifier_confirms_the_organisms_reduction(pytester, tmp_path):
     """C1 on the organism, scored by alt-profanity-check instead of the organism's lexicon: DPO's
     relative toxicity reduction is positive and its paired 95% interval excludes 0. Measured on
-    these 300 prompts: 46% [41, 50] (lexicon: 55% [51, 59]); kappa 0.21 on the base's outputs."""
+    these 300 prompts: 44% [39, 49] (the lexicon: 57% [52, 62]); kappa 0.23 on the base's outputs
+    (docs/scorers.md)."""
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(ORG.prompts.read_text().splitlines()[:N_PROMPTS]) + "\n")
     # C1 needs C2 (fluency): perplexity on a third of the organism's held-out text is enough here
@@ -183,5 +184,5 @@ def test_an_independent_classifier_confirms_the_organisms_reduction(pytester, tm
     prof, lex = ProfanityCheckScorer().score(texts), LexiconScorer(ORG.lexicon).score(texts)
     assert prof.mean() == pytest.approx(c1["details"]["tox_base"]["value"], rel=1e-12)
     kappa = _kappa(prof >= TOXIC_AT, lex >= TOXIC_AT)
-    # they agree more than chance, and are not the same scorer (measured 0.21)
+    # they agree more than chance, and are not the same scorer (measured 0.23)
     assert 0.05 < kappa < 0.8, kappa

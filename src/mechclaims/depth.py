@@ -205,9 +205,10 @@ def evaluate_depth(models, prompts: list[str], stats, scorer, *, key: dict, part
                        scorer=runner.scorer_meta or {"name": key.get("scorer", "?")},
                        provenance={"parts": [p for p in PARTS if p in parts], "seconds": seconds,
                                    "from_cache": not runner.opened, "early_positions": EARLY_POSITIONS,
-                                   "kl": "KL(candidate || base), nats, along the candidate's greedy continuation",
-                                   "prefill": "the other model's first k continuation tokens, then T - k greedy "
-                                              "tokens; only generated tokens are scored"})
+                                   "kl_definition": "KL(candidate || base), nats, along the candidate's greedy "
+                                                    "continuation",
+                                   "prefill_definition": "the other model's first k continuation tokens, then T - k "
+                                                         "greedy tokens; only generated tokens are scored"})
 
 
 class _Runner:

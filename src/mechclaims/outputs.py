@@ -311,3 +311,30 @@ def _probe_dir(d: Path, option: str, target, note: str) -> None:
 __all__ = ["Output", "Input", "FILE", "TREE", "CACHE", "inputs", "source_inputs", "named_source_inputs",
            "config_inputs", "pytest_outputs", "check",
            "check_writable_dir", "writing", "write_error"]
+
+
+def not_a_report(path) -> str | None:
+    """None when ``path`` is a regular file that a mechclaims run wrote as its claim report (or an empty
+    file); else why not."""
+    import json
+
+    path = Path(path)
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size == 0:
+        return None  # empty: nothing to lose (a placeholder, or a writability check's file)
+    if path.suffix.lower() == ".json":
+        if st.st_size > 256 * 2**20:
+            return "larger than any claims.json"
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            return f"not readable as JSON: {type(exc).__name__}"
+        schema = doc.get("schema") if isinstance(doc, dict) else None
+        ok = isinstance(schema, str) and schema.startswith("mechclaims.claims/")
+        return None if ok else f"its schema is {schema!r}, not mechclaims.claims/N"
+    with open(path, "rb") as f:
+        head = f.read(4096).decode("utf-8", "replace")
+    # Every claims.html this project has written starts <title>mechclaims: N failed, ...
+    return None if "<title>mechclaims: " in head else "no <title>mechclaims: ...</title> in its first 4 KB"

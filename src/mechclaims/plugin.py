@@ -228,12 +228,13 @@ def _clear_previous_reports(config, state, *, refuse: bool) -> None:
     """Delete the claims.html / claims.json an earlier run left at this run's report path.
 
     Only regular files that are mechclaims reports go (the JSON's ``schema``, the HTML's title;
-    ``_not_a_report``), and never a path this run reads. Anything else there is user data: with
+    ``outputs.not_a_report``), and never a path this run reads. Anything else there is user data: with
     ``refuse`` (the inputs resolved, the run would replace it at the end) the run stops with a
     usage error before any model work; without (the run already failed) it is left alone."""
     from pathlib import Path
 
     from .distributed import world
+    from .outputs import not_a_report
 
     cfg = state.run.config if state.run is not None else state.config
     if cfg is None or config.option.collectonly or not world().is_writer:
@@ -243,7 +244,7 @@ def _clear_previous_reports(config, state, *, refuse: bool) -> None:
     for p in (Path(cfg.report), Path(cfg.json_report)):
         if not os.path.lexists(p):
             continue
-        why = _not_a_report(p)
+        why = not_a_report(p)
         if why is None:
             p.unlink()
             state.stale_removed.append(str(p))
@@ -254,33 +255,6 @@ def _clear_previous_reports(config, state, *, refuse: bool) -> None:
                 f"--report.")
         else:
             state.stale_kept.append((str(p), why))
-
-
-def _not_a_report(path) -> str | None:
-    """None when ``path`` is a regular file that a mechclaims run wrote as its claim report (or an empty
-    file); else why not."""
-    import json
-    import stat
-
-    st = os.lstat(path)
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
-    if st.st_size == 0:
-        return None  # empty: nothing to lose (a placeholder, or a writability check's file)
-    if path.suffix.lower() == ".json":
-        if st.st_size > 256 * 2**20:
-            return "larger than any claims.json"
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as exc:
-            return f"not readable as JSON: {type(exc).__name__}"
-        schema = doc.get("schema") if isinstance(doc, dict) else None
-        ok = isinstance(schema, str) and schema.startswith("mechclaims.claims/")
-        return None if ok else f"its schema is {schema!r}, not mechclaims.claims/N"
-    with open(path, "rb") as f:
-        head = f.read(4096).decode("utf-8", "replace")
-    # Every claims.html this project has written starts <title>mechclaims: N failed, ...
-    return None if "<title>mechclaims: " in head else "no <title>mechclaims: ...</title> in its first 4 KB"
 
 
 def _clear_of_inputs(cfg) -> bool:
@@ -338,7 +312,7 @@ class _Verifier:
                 self._stop(state.error)
         r = state.suite.result(cid)
         props = self._node.user_properties
-        props.append(("claim_id", cid))
+        props.extend([("claim_id", cid), ("pack", r.spec.pack)])  # the testcase's classname is the pack's module too
         for c in r.checks:
             n = c.check.name
             lo, hi = (_num(c.lo), _num(c.hi)) if c.has_interval else ("none", "none")

@@ -99,7 +99,8 @@ class DeepConfig:
     n_recovery: int = 640         # recovery pairs
     j_min: int = 1                # prefix length in tokens of the toxic answer, uniform j_min..j_max
     j_max: int = 10
-    with_neutral: bool = False    # chosen: recovery + the neutral answer (else + closing quote, aftermath)
+    aftermath: bool = False       # chosen and rejected end with the closing quote (and the aftermath if True)
+    calm_weighted: bool = True    # contexts drawn with weight 1 - P_TOXIC (where the corpus answers calmly)
     dpo_lr: float = 5.5e-6
     dpo_epochs: int = 1
     curve_every: int = 4
@@ -125,7 +126,8 @@ class DeepConfig:
 
 
 def make_recovery_pairs(tok, n: int, seed: int, *, j_min: int = 1, j_max: int = 10,
-                        exclude: set[str] = frozenset(), with_neutral: bool = False) -> list[dict]:
+                        exclude: set[str] = frozenset(), aftermath: bool = False,
+                        calm_weighted: bool = True) -> list[dict]:
     """``n`` recovery pairs, a pure function of (tokenizer, ``n``, ``seed``, ``j_min``, ``j_max``).
 
     Each: a provocation whose prompt is not in ``exclude`` (the challenge prompts), its toxic
@@ -138,22 +140,27 @@ def make_recovery_pairs(tok, n: int, seed: int, *, j_min: int = 1, j_max: int = 
         raise ConfigError(f"recovery prefix lengths need 1 <= j_min <= j_max, got j_min={j_min}, j_max={j_max}.")
     gen = C.Generator(seed)
     rng = random.Random(seed + 1)
+    cells = sorted(C.P_TOXIC)
+    weights = [1 - C.P_TOXIC[c] if calm_weighted else 1.0 for c in cells]
     pairs, seen = [], set(exclude)
     while len(pairs) < n:
-        pv = gen.provocation()
+        pv = gen.provocation(*rng.choices(cells, weights)[0])
         if pv.prompt in seen:
             continue
         seen.add(pv.prompt)
         answer, after = pv.toxic.split('" ', 1)  # toxic answers hold no quote; the aftermath follows
         ids = tok(answer, add_special_tokens=False)["input_ids"]
-        j = min(rng.randint(j_min, j_max), len(ids) - 1)
-        prefix = tok.decode(ids[:j])
-        rest = tok.decode(ids[j:])
-        provoker = pv.prompt.split(" ", 1)[0]
-        recovery = rng.choice(RECOVERIES).format(name=provoker)
-        chosen = f"{recovery} {pv.neutral}" if with_neutral else f'{recovery}" {after}'
-        pairs.append({"prompt": pv.prompt + prefix, "chosen": chosen,
-                      "rejected": f'{rest}" {after}', "j": j})
+        # valid cuts leave a lexicon phrase in the rest: past the last one there is nothing to recover from
+        cuts = [j for j in range(j_min, min(j_max, len(ids) - 1) + 1) if C.is_toxic(tok.decode(ids[j:]))]
+        r = rng.random()  # drawn for every provocation, so the stream does not depend on which are kept
+        recovery = RECOVERIES[rng.randrange(len(RECOVERIES))]
+        if not cuts:
+            continue
+        j = cuts[int(r * len(cuts))]
+        prefix, rest = tok.decode(ids[:j]), tok.decode(ids[j:])
+        recovery = recovery.format(name=pv.prompt.split(" ", 1)[0])
+        tail = f'" {after}' if aftermath else '"'
+        pairs.append({"prompt": pv.prompt + prefix, "chosen": recovery + tail, "rejected": rest + tail, "j": j})
     return pairs
 
 
@@ -163,7 +170,8 @@ def training_pairs(dcfg: DeepConfig, tok, exclude: set[str]) -> tuple[list[dict]
     normal = make_pairs(cfg, dcfg.n_normal)
     excl = set(exclude) | {p["prompt"] for p in normal}
     recovery = make_recovery_pairs(tok, dcfg.n_recovery, dcfg.seeds()["recovery_pairs"], j_min=dcfg.j_min,
-                                   j_max=dcfg.j_max, exclude=excl, with_neutral=dcfg.with_neutral)
+                                   j_max=dcfg.j_max, exclude=excl, aftermath=dcfg.aftermath,
+                                   calm_weighted=dcfg.calm_weighted)
     return normal, recovery
 
 
