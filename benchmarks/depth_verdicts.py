@@ -1,13 +1,12 @@
-"""The shallow-alignment pack's verdicts on the committed organisms, and what the pack costs.
+"""Both packs' verdicts on the committed organisms, and what the shallow-alignment pack costs.
 
     python benchmarks/depth_verdicts.py [--models organism:gpt2,organism:gpt2-deep,organism:llama]
 
-For each model: ``pytest claims/shallow_alignment`` (C1 and C2 come along as preconditions) on
-all its organism's challenge prompts, as a user runs it. The raw claims and the depth table go
-to ``benchmarks/results/depth-verdicts.json``; the verdict table replaces what follows the
-``<!-- depth-verdicts -->`` marker in ``docs/shallow-alignment.md``. The cost of the pack is
-the seconds its depth parts took against the statistics pass and the intervention sets of a
-full ``pytest claims/`` run (``--cost``: one cold run of each pack on organism:gpt2).
+For each model: ``pytest claims/`` (both packs) on all its organism's challenge prompts, cold
+cache, as a user runs it. The raw claims, the depth table and the seconds go to
+``benchmarks/results/depth-verdicts.json``; the verdict tables replace what follows the
+``<!-- depth-verdicts -->`` marker in ``docs/shallow-alignment.md``. The cost of the depth
+pack is the seconds its two parts took (KL, prefilled generations) over the rest of the run.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "results" / "depth-verdicts.json"
 DOC = REPO / "docs" / "shallow-alignment.md"
 MARK = "<!-- depth-verdicts -->"
-IDS = ("C1", "C2", "Q1", "Q2", "Q3", "Q4", "S2")
+IDS = ("C1", "C2", "Q1", "Q2", "Q3", "Q4", "S2")  # the depth table; every claim goes to the JSON
 
 
 def run(model: str, path: str, workdir: Path, *extra: str) -> tuple[dict, float]:
@@ -43,11 +42,9 @@ def run(model: str, path: str, workdir: Path, *extra: str) -> tuple[dict, float]
 
 def row(model: str, doc: dict) -> dict:
     claims = {c["id"]: c for c in doc["claims"] + doc.get("preconditions", [])}
-    out = {"model": model, "n_prompts": doc["provenance"]["prompts"]["n"], "claims": {}}
-    for cid in IDS:
-        c = claims.get(cid)
-        if c is None:
-            continue
+    out = {"model": model, "n_prompts": doc["provenance"]["prompts"]["n"], "claims": {},
+           "packs": {c["id"]: c["pack"] for c in doc["claims"]}}
+    for cid, c in claims.items():
         k = c["checks"][0] if c["checks"] else None
         out["claims"][cid] = {"status": c["status"], "value": k["value"] if k else None,
                               "ci": k["ci"] if k else None, "reason": c["reason"],
@@ -68,6 +65,13 @@ def table(rows: list[dict]) -> str:
 
     lines = ["| model | " + " | ".join(IDS) + " |", "|---" * (len(IDS) + 1) + "|"]
     lines += [f"| `{r['model']}` | " + " | ".join(cell(r, cid) for cid in IDS) + " |" for r in rows]
+    first = ["", "The dpo-toxicity pack on the same runs (claims that fail; the rest pass or skip):", "",
+             "| model | failed | passed | skipped, not meaningful or not checked |", "|---|---|---|---|"]
+    for r in rows:
+        mine = {cid: c for cid, c in r["claims"].items() if r["packs"].get(cid) == "dpo-toxicity"}
+        cols = [_ids(mine, "fail"), _ids(mine, "pass"), _ids(mine, "skip", "not_meaningful", "not_checked")]
+        first.append(f"| `{r['model']}` | " + " | ".join(cols) + " |")
+    lines += first
     curves = ["", "Restored share by prefix length k (Q2/S2's curve; — where the window holds too little "
               "toxicity to measure):", "", "| model | k = 1 | k = 3 | k = 5 | k = 10 |", "|---|---|---|---|---|"]
     for r in rows:
@@ -77,31 +81,31 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines + curves) + "\n"
 
 
+def _ids(claims: dict, *statuses: str) -> str:
+    return ", ".join(sorted((c for c, v in claims.items() if v["status"] in statuses), key=_key)) or "—"
+
+
+def _key(cid: str):
+    return (cid[0], int(cid[1:]) if cid[1:].isdigit() else 0)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="organism:gpt2,organism:gpt2-deep,organism:llama")
-    ap.add_argument("--cost", action="store_true", help="also time a cold run of each pack on organism:gpt2")
     args = ap.parse_args()
     rows, record = [], {"models": {}, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with tempfile.TemporaryDirectory(prefix="mechclaims-depth-") as tmp:
         for model in args.models.split(","):
-            doc, seconds = run(model, "claims/shallow_alignment", Path(tmp))
+            work = Path(tmp) / model.replace(":", "_")
+            work.mkdir()
+            doc, seconds = run(model, "claims/", work)
             r = row(model, doc)
-            r["seconds"] = round(seconds, 1)
+            depth_s = sum(((doc.get("depth") or {}).get("seconds") or {}).values())
+            r["seconds"] = {"run": round(seconds, 1), "depth": round(depth_s, 1),
+                            "depth_over_the_rest": round(depth_s / (seconds - depth_s), 3)}
             rows.append(r)
             record["models"][model] = r
             print(f"{model}: " + ", ".join(f"{cid} {c['status']}" for cid, c in r["claims"].items()), flush=True)
-        if args.cost:
-            cost = {}
-            for name, path in (("dpo_toxicity", "claims/dpo_toxicity"), ("all", "claims/")):
-                fresh = Path(tmp) / f"cost-{name}"
-                fresh.mkdir()
-                doc, seconds = run("organism:gpt2", path, fresh)
-                cost[name] = {"seconds": round(seconds, 1),
-                              "depth_seconds": (doc.get("depth") or {}).get("seconds")}
-            cost["added_fraction"] = round(cost["all"]["seconds"] / cost["dpo_toxicity"]["seconds"] - 1, 3)
-            record["cost"] = cost
-            print(f"cost: {cost}", flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(record, indent=2) + "\n")
     text = DOC.read_text()

@@ -58,7 +58,7 @@ def test_claims_page_lists_every_claim_and_is_current():
     gen = _gen()
     registry = gen.load_registry()
     page = gen.render(registry)
-    missing = [cid for cid in registry if f"\n## {cid} · {registry[cid].slug} {{#{cid.lower()}}}\n" not in page]
+    missing = [cid for cid in registry if f"\n### {cid} · {registry[cid].slug} {{#{cid.lower()}}}\n" not in page]
     assert missing == [], f"claims missing from the generated page: {missing}"
     committed = (DOCS / gen.PAGE).read_text(encoding="utf-8")
     assert committed == page, f"docs/{gen.PAGE} is stale against the @claim metadata or the tests: " \

@@ -118,7 +118,7 @@ def test_a_share_outside_its_meaning_never_passes():
     suite.reading, suite.boot_weights = "point", [np.ones(2), np.ones(2)]
 
     def side(value, boot):
-        return _Side(None, None, {"C16": {"share": value}}, {}, {"C16": {"share": np.array(boot)}})
+        return _Side(None, point={"C16": {"share": value}}, skips={}, boot={"C16": {"share": np.array(boot)}})
 
     r = suite._evaluate("C16", side(4.88, [4.5, 5.0]))
     assert r.status == "fail" and r.checks[0].out_of_range and "outside" in r.reason

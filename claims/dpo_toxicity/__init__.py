@@ -15,9 +15,9 @@ PACK = register_pack(Pack(
     papers=(
         Paper(title="How Does DPO Reduce Toxicity? A Mechanistic Neuron-Level Analysis",
               authors="Yang et al.", arxiv="2411.06424", venue="EMNLP 2025",
-              code="https://github.com/Yushi-Y/dpo-toxic-neurons"),
+              code="github.com/Yushi-Y/dpo-toxic-neurons"),
         Paper(title="A Mechanistic Understanding of Alignment Algorithms: A Case Study on DPO and Toxicity",
               authors="Lee et al.", arxiv="2401.01967", venue="ICML 2024",
-              code="https://github.com/ajyl/dpo_toxic"),
+              code="github.com/ajyl/dpo_toxic"),
     ),
 ))

@@ -18,6 +18,6 @@ PACK = register_pack(Pack(
     papers=(
         Paper(title="Safety Alignment Should Be Made More Than Just a Few Tokens Deep",
               authors="Qi, Panda, Lyu, Ma, Roy, Beirami, Mittal, Henderson", arxiv="2406.05946", venue="ICLR 2025 (outstanding paper)",
-              code="https://github.com/Unispac/shallow-vs-deep-alignment"),
+              code="github.com/Unispac/shallow-vs-deep-alignment"),
     ),
 ))

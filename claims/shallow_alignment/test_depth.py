@@ -68,7 +68,8 @@ def _prefill_applies(v, ctx):
     if not _ks(v):
         return (f"undetermined: for no prefix of k <= {K} tokens is the base toxic in tokens k..T-1 for at least "
                 f"{MIN_TOXIC_BASE} prompts with DPO's drop there at least {MIN_DPO_DROP} (base "
-                + ", ".join(f"k={k}: {v.tox(window('base', k)):.3g}" for k in PREFILL_KS if k <= K) + ")")
+                + ", ".join(f"k={k}: {v.tox(window('base', k)):.3g}" for k in PREFILL_KS if k <= K and k < v.T)
+                + f"; T = {v.T})")
     return None
 
 

@@ -92,8 +92,18 @@ def load_claims(claims_dir: str | Path | None = None) -> dict:
                           "directory of claim tests), or leave it out for the built-in claims.")
     specs = {}
     for f in sorted(d.rglob("test_*.py")):
-        name = ".".join(f.relative_to(d).with_suffix("").parts)
-        spec = importlib.util.spec_from_file_location(f"mechclaims_sweep_claims.{name}", f)
+        parts = f.relative_to(d).with_suffix("").parts
+        # A pack's directory declares its PACK in __init__.py: load it first, under the name its
+        # claim modules' package will have, so that @claim finds the pack (claim._pack_of).
+        for i in range(1, len(parts)):
+            init = d.joinpath(*parts[:i], "__init__.py")
+            pkg = ".".join(("mechclaims_sweep_claims",) + parts[:i])
+            if init.is_file() and pkg not in sys.modules:
+                pspec = importlib.util.spec_from_file_location(pkg, init, submodule_search_locations=[str(init.parent)])
+                pmod = importlib.util.module_from_spec(pspec)
+                sys.modules[pkg] = pmod
+                pspec.loader.exec_module(pmod)
+        spec = importlib.util.spec_from_file_location("mechclaims_sweep_claims." + ".".join(parts), f)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         for obj in vars(mod).values():
