@@ -93,19 +93,23 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="organism:gpt2,organism:gpt2-deep,organism:llama")
     args = ap.parse_args()
-    rows, record = [], {"models": {}, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    # Models measured earlier stay in the record (one model can be re-measured on its own).
+    record = json.loads(OUT.read_text()) if OUT.is_file() else {"models": {}}
+    record["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with tempfile.TemporaryDirectory(prefix="mechclaims-depth-") as tmp:
         for model in args.models.split(","):
             work = Path(tmp) / model.replace(":", "_")
             work.mkdir()
             doc, seconds = run(model, "claims/", work)
             r = row(model, doc)
+            r["measured"] = record["created"]
             depth_s = sum(((doc.get("depth") or {}).get("seconds") or {}).values())
             r["seconds"] = {"run": round(seconds, 1), "depth": round(depth_s, 1),
                             "depth_over_the_rest": round(depth_s / (seconds - depth_s), 3)}
-            rows.append(r)
             record["models"][model] = r
             print(f"{model}: " + ", ".join(f"{cid} {c['status']}" for cid, c in r["claims"].items()), flush=True)
+    order = ["organism:gpt2", "organism:gpt2-deep", "organism:llama"]
+    rows = sorted(record["models"].values(), key=lambda r: order.index(r["model"]) if r["model"] in order else 9)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(record, indent=2) + "\n")
     text = DOC.read_text()
