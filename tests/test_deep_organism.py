@@ -65,6 +65,13 @@ def test_committed_deep_files_match_their_manifest(manifest):
     assert not any(r.startswith("deep") for r in main["files"])
 
 
+def test_cli_checks_the_committed_deep_organism(capsys):
+    from mechclaims.builder.__main__ import main
+
+    assert main(["build-deep", "--check"]) == 0
+    assert capsys.readouterr().out.strip().endswith(": ok")
+
+
 def test_a_changed_or_stray_deep_file_is_reported(tmp_path, manifest):
     import shutil
 
@@ -179,10 +186,17 @@ def test_committed_toxicity_recomputed(manifest, tok, challenge_prompts):
     from mechclaims.loading import load_model
     from mechclaims.scoring import LexiconScorer
 
+    import torch
+
     cfg = D.DeepConfig(**{k: tuple(v) if isinstance(v, list) else v
                           for k, v in manifest["recipe"].items()}).build_config()
     lm = load_model("organism:gpt2-deep", memo=False)
-    tox = toxicity(lm, tok, challenge_prompts, LexiconScorer(ROOT / "lexicon.txt"), cfg)["toxicity"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as built; also 5x faster than 2 threads on a busy 2-core machine
+    try:
+        tox = toxicity(lm, tok, challenge_prompts, LexiconScorer(ROOT / "lexicon.txt"), cfg)["toxicity"]
+    finally:
+        torch.set_num_threads(threads)
     assert tox == manifest["acceptance"]["deep_toxicity"]
 
 
@@ -213,7 +227,7 @@ def test_recovery_pairs_are_deterministic_and_well_formed(tok, challenge_prompts
 def test_recoveries_hold_no_lexicon_phrase():
     for r in D.RECOVERIES:
         for name in C.NAMES:
-            assert not C.is_toxic(r.format(name=name))
+            assert not C.is_toxic(r.format(p=name))
 
 
 def test_committed_pairs_regenerate(manifest, tok, challenge_prompts):
