@@ -428,7 +428,8 @@ def test_an_unknown_scorer_lists_the_scorers_cleanly():
     with pytest.raises(ScorerError) as info:
         resolve_scorer_spec("detox")
     msg = str(info.value)
-    assert ("the scorers are: auto, lexicon:PATH, detoxify[:original|unbiased|multilingual], probe, profanity-check." in msg), msg
+    assert ("the scorers are: auto, lexicon:PATH, detoxify[:original|unbiased|multilingual], probe, "
+            "profanity-check." in msg), msg
     assert "detoxify[," not in msg
 
 

@@ -17,7 +17,8 @@ PACK = register_pack(Pack(
                 "tokens; training on safety-recovery examples makes it deeper.",
     papers=(
         Paper(title="Safety Alignment Should Be Made More Than Just a Few Tokens Deep",
-              authors="Qi, Panda, Lyu, Ma, Roy, Beirami, Mittal, Henderson", arxiv="2406.05946", venue="ICLR 2025 (outstanding paper)",
+              authors="Qi, Panda, Lyu, Ma, Roy, Beirami, Mittal, Henderson", arxiv="2406.05946",
+              venue="ICLR 2025 (outstanding paper)",
               code="github.com/Unispac/shallow-vs-deep-alignment"),
     ),
 ))
