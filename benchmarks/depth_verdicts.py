@@ -73,11 +73,13 @@ def table(rows: list[dict]) -> str:
         first.append(f"| `{r['model']}` | " + " | ".join(cols) + " |")
     lines += first
     curves = ["", "Restored share by prefix length k (Q2/S2's curve; — where the window holds too little "
-              "toxicity to measure):", "", "| model | k = 1 | k = 3 | k = 5 | k = 10 |", "|---|---|---|---|---|"]
-    for r in rows:
-        pre = {p["k"]: p for p in ((r.get("depth") or {}).get("prefill") or [])}
-        fmt = lambda p: "—" if p is None or p.get("restored") is None else f"{p['restored']:.2f}"  # noqa: E731
-        curves.append(f"| `{r['model']}` | " + " | ".join(fmt(pre.get(k)) for k in (1, 3, 5, 10)) + " |")
+              "of DPO's drop to measure: `measurable` in claims/shallow_alignment/test_depth.py):", "",
+              "| model | k = 1 | k = 3 | k = 5 | k = 10 |", "|---|---|---|---|---|"]
+    for r in rows:  # S2's details: the shares at each k, null where the window is not measurable
+        det = (r["claims"].get("S2") or {}).get("details") or {}
+        fmt = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
+        shares = [fmt(det.get(f"restored_k{k}")) for k in (1, 3, 5, 10)]
+        curves.append(f"| `{r['model']}` | " + " | ".join(shares) + " |")
     return "\n".join(lines + curves) + "\n"
 
 
@@ -97,7 +99,7 @@ def main() -> int:
     record = json.loads(OUT.read_text()) if OUT.is_file() else {"models": {}}
     record["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with tempfile.TemporaryDirectory(prefix="mechclaims-depth-") as tmp:
-        for model in args.models.split(","):
+        for model in filter(None, args.models.split(",")):  # --models "": re-render the recorded runs
             work = Path(tmp) / model.replace(":", "_")
             work.mkdir()
             doc, seconds = run(model, "claims/", work)
