@@ -3,7 +3,7 @@
     python benchmarks/deep_sweep.py [--prompts 200] [--out docs/deep-sweep.png]
 
 Trains ``organism:gpt2-deep``'s recipe (``builder.deep.DeepConfig``, the same seeds) from the
-committed base, saving the policy every 10 of its 40 steps as ``checkpoint-N``, then runs
+committed base, saving the policy every 5 of its 40 steps as ``checkpoint-N``, then runs
 ``mechclaims sweep`` on those checkpoints with the shallow-alignment claims Q1 and S2 (C1 and C2
 come along as preconditions) and draws Q1's KL share and S2's restored share at k = 1 and 3
 against the step. The sweep's own report and JSON are kept beside the figure's record in
@@ -33,7 +33,7 @@ def train(run_dir: Path) -> list[int]:
     from mechclaims.prompts import read_prompts
 
     root = organism_dir("gpt2")
-    dcfg = DeepConfig(curve_every=10)
+    dcfg = DeepConfig(curve_every=5)
     cfg = dcfg.build_config()
     torch.set_num_threads(dcfg.threads)
     torch.manual_seed(cfg.seeds["torch"])
@@ -50,7 +50,7 @@ def train(run_dir: Path) -> list[int]:
         saved.append(step)
         return float("nan")
 
-    train_dpo(base, tok, pairs, cfg, measure=save)
+    train_dpo(base, tok, pairs, cfg, measure=save, sft_weight=dcfg.sft_weight)
     return saved
 
 
@@ -70,6 +70,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mechclaims-deep-sweep-") as tmp:
         tmp = Path(tmp)
         steps = train(tmp / "run")
+        from mechclaims.cache import sha256_file
+
+        # the last checkpoint is the committed organism, byte for byte (the same seeds and recipe)
+        final_is_committed = (sha256_file(tmp / "run" / f"checkpoint-{steps[-1]}" / "model.safetensors")
+                              == sha256_file(root / "deep" / "model.safetensors"))
         prompts = tmp / "prompts.jsonl"
         prompts.write_text("".join((root / "prompts.jsonl").read_text().splitlines(True)[:args.prompts]))
         report = tmp / "sweep" / "sweep.html"
@@ -91,7 +96,7 @@ def main() -> int:
                         "value": next((k["value"] for k in c.get("checks") or [] if k["name"] == key), None),
                         "details": {n: d["value"] for n, d in (c.get("details") or {}).items()}}
         rows.append(row)
-    doc = {"steps": steps, "n_prompts": args.prompts, "rows": rows}
+    doc = {"steps": steps, "n_prompts": args.prompts, "final_is_committed": final_is_committed, "rows": rows}
     record.write_text(json.dumps(doc, indent=2) + "\n")
     return plot(doc, args.out)
 

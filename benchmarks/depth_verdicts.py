@@ -73,14 +73,21 @@ def table(rows: list[dict]) -> str:
         first.append(f"| `{r['model']}` | " + " | ".join(cols) + " |")
     lines += first
     curves = ["", "Restored share by prefix length k (Q2/S2's curve; — where the window holds too little "
-              "of DPO's drop to measure: `measurable` in claims/shallow_alignment/test_depth.py):", "",
+              "of DPO's drop to measure: `DepthView.measurable` in mechclaims.depth):", "",
               "| model | k = 1 | k = 3 | k = 5 | k = 10 |", "|---|---|---|---|---|"]
     for r in rows:  # S2's details: the shares at each k, null where the window is not measurable
         det = (r["claims"].get("S2") or {}).get("details") or {}
         fmt = lambda x: "—" if x is None else f"{x:.2f}"  # noqa: E731
         shares = [fmt(det.get(f"restored_k{k}")) for k in (1, 3, 5, 10)]
         curves.append(f"| `{r['model']}` | " + " | ".join(shares) + " |")
-    return "\n".join(lines + curves) + "\n"
+    cost = ["", "Cost (cold `pytest claims/`, both packs, one run at a time on 2 cores; the depth pack's two "
+            "parts against the rest of the run):", "", "| model | run, s | depth, s | depth / rest |", "|---|---|---|---|"]
+    for r in rows:
+        sec = r.get("seconds") or {}
+        if sec:
+            cost.append(f"| `{r['model']}` | {sec['run']:.0f} | {sec['depth']:.0f} | "
+                        f"{100 * sec['depth_over_the_rest']:.0f}% |")
+    return "\n".join(lines + curves + cost) + "\n"
 
 
 def _ids(claims: dict, *statuses: str) -> str:

@@ -24,6 +24,7 @@ model and no scorer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
@@ -35,6 +36,9 @@ from .choices import EARLY_POSITIONS, PREFILL_KS
 
 DEPTH_VERSION = 1
 PARTS = ("kl", "prefill")
+#: A window ``[k, T)`` counts only if DPO's drop there is at least this share of its drop over
+#: the whole continuation (``DepthView.measurable``).
+MIN_WINDOW_SHARE = 0.1
 
 
 def window(model: str, k: int) -> str:
@@ -65,7 +69,8 @@ class DepthResult:
 
     def table(self, boot_weights: list | None = None) -> dict:
         """The curves for the report: mean KL per position and, per k, the windows' toxicity,
-        restored share (Q2) and fall share (Q3), with 95% intervals when resampled."""
+        restored share (Q2) and fall share (Q3), with 95% intervals when resampled; the shares
+        are None where the window is not ``DepthView.measurable``."""
         v = self.view()
         out: dict = {"T": self.T, "ks": list(self.ks), "early_positions": EARLY_POSITIONS}
         boots = [self.view(w) for w in boot_weights or []]
@@ -83,13 +88,15 @@ class DepthResult:
         if self.tox_sum:
             rows = []
             for k in self.ks:
+                ok = v.measurable(k)  # a share of a drop too small to measure is not shown
                 row = {"k": k, "tox_base": v.tox(window("base", k)), "tox_cand": v.tox(window("cand", k)),
                        "tox_cand_prefilled": v.tox(prefilled("cand", "base", k)),
                        "tox_base_prefilled": v.tox(prefilled("base", "cand", k)),
-                       "restored": v.restored(k), "fall": v.fall(k)}
-                if boots:
-                    row["restored_ci"] = ci(b.restored(k) for b in boots)
-                    row["fall_ci"] = ci(b.fall(k) for b in boots)
+                       "drop": v.drop(k), "n_toxic_base": v.n_toxic(window("base", k)), "measurable": ok,
+                       "restored": v.restored(k) if ok else None, "fall": v.fall(k) if ok else None}
+                if boots and ok:
+                    row["restored_ci"] = ci(b.restored(k) for b in boots if b.measurable(k))
+                    row["fall_ci"] = ci(b.fall(k) for b in boots if b.measurable(k))
                 rows.append(row)
             out["prefill"] = rows
         return out
@@ -126,6 +133,19 @@ class DepthView:
     def n_toxic(self, name: str) -> float:
         return float(self.w @ self.r.toxic_count[name])
 
+    def measurable(self, k: int) -> bool:
+        """Whether a share of DPO's drop in tokens ``[k, T)`` means something: the base is toxic
+        there for at least ``behaviour.MIN_TOXIC_BASE`` prompts, and DPO lowered it by at least
+        ``behaviour.MIN_DPO_DROP`` and by at least ``MIN_WINDOW_SHARE`` of its drop over the
+        whole continuation. Where the toxic answers are short, a late window holds a remnant of
+        a few prompts, and a share of it is noise (a first deep recipe's k = 5 window held a
+        drop of 0.015 against 0.55, and its "fall" there read 4.0)."""
+        from .behaviour import MIN_DPO_DROP, MIN_TOXIC_BASE
+
+        d = self.drop(k)
+        return (self.n_toxic(window("base", k)) >= MIN_TOXIC_BASE and d >= MIN_DPO_DROP
+                and d >= MIN_WINDOW_SHARE * self.drop(0))
+
     def drop(self, k: int) -> float:
         """DPO's drop in the window ``[k, T)``: the base's own toxicity there minus the candidate's."""
         return self.tox(window("base", k)) - self.tox(window("cand", k))
@@ -158,7 +178,8 @@ def evaluate_depth(models, prompts: list[str], stats, scorer, *, key: dict, part
     Scorer or a callable taking the base model and returning one (both opened only on a cache
     miss); ``stats``: the pair's ``PairStats`` (its continuations and chunks are reused);
     ``key``: what identifies the inputs (as for ``behaviour.evaluate``); ``parts``: which of
-    ``PARTS`` to compute.
+    ``PARTS`` to compute; ``progress``: a bar over the prompt batches a cache miss computes
+    (None: only when stderr is a terminal, as the statistics' bar).
     """
     from .cache import ResultCache
     from .distributed import from_writer
@@ -176,7 +197,7 @@ def evaluate_depth(models, prompts: list[str], stats, scorer, *, key: dict, part
               "settings": settings.key(), "ks": list(ks),
               "continuations": hashlib.sha256(stats.model.continuations.tobytes()
                                               + stats.base.continuations.tobytes()).hexdigest()}
-    runner = _Runner(models, scorer, prompts, stats, ks)
+    runner = _Runner(models, scorer, prompts, stats, ks, progress)
     ranges = stats.chunks
     count = np.array([float(b - a) for a, b in ranges])
     kl_sum, tox_sum, toxic_count, seconds = None, {}, {}, {}
@@ -187,7 +208,8 @@ def evaluate_depth(models, prompts: list[str], stats, scorer, *, key: dict, part
         hit = from_writer(entry.load_chunk(0))
         if hit is None:
             t0 = time.perf_counter()
-            hit = runner.kl() if part == "kl" else runner.prefill()
+            with runner.bar(part):
+                hit = runner.kl() if part == "kl" else runner.prefill()
             seconds[part] = round(time.perf_counter() - t0, 3)
             entry.save_chunk(0, hit)
             if part == "prefill":
@@ -214,10 +236,28 @@ def evaluate_depth(models, prompts: list[str], stats, scorer, *, key: dict, part
 class _Runner:
     """Opens the models and the scorer on first use, then computes one part."""
 
-    def __init__(self, models, scorer, prompts, stats, ks):
+    def __init__(self, models, scorer, prompts, stats, ks, progress=None):
         self._models, self._scorer = models, scorer
         self.prompts, self.stats, self.ks = prompts, stats, ks
         self.opened, self.scorer_meta = False, None
+        self.progress, self.tick = progress, lambda n: None
+
+    @contextlib.contextmanager
+    def bar(self, part: str):
+        """A bar over the prompts this part reads (each model's forward for ``kl``; every
+        prefilled generation for ``prefill``), on the writing rank only."""
+        from tqdm.auto import tqdm
+
+        from .distributed import world
+
+        n = len(self.prompts) * (2 if part == "kl" else 2 * len(self.ks))
+        disable = True if not world().is_writer else (None if self.progress is None else not self.progress)
+        with tqdm(total=n, unit="prompt", desc=f"mechclaims depth {part}", leave=False, disable=disable) as b:
+            self.tick = b.update
+            try:
+                yield
+            finally:
+                self.tick = lambda n: None
 
     def _open(self):
         if self.opened:
@@ -270,6 +310,7 @@ class _Runner:
                     logits = hf(ids, attention_mask=mask, position_ids=pos, use_cache=False,
                                 logits_to_keep=T).logits
                 logp.append(logits.to("cpu"))
+                self.tick(b - a)
             for t in range(T):  # [batch, vocab] at a time: float64 without a [batch, T, vocab] copy
                 lc = torch.log_softmax(logp[0][:, t].double(), dim=-1)
                 lb = torch.log_softmax(logp[1][:, t].double(), dim=-1)
@@ -323,4 +364,5 @@ class _Runner:
         for a, b in self._batches():
             seqs = [self.seqs[i] + [int(t) for t in prefix[i]] for i in range(a, b)]
             out.append(greedy_generate(model, pad_left(seqs, pad, device=dev), T - k).cpu().numpy())
+            self.tick(b - a)
         return np.concatenate(out).astype(np.int64)

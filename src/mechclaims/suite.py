@@ -488,7 +488,10 @@ class ClaimSuite:
             cmp = self._compare(cid, c, val, boot[c.name], base_vals, has_interval)
             checks.append(CheckResult(c, val, lo, hi, holds, holds_strict, unstable, finite and not in_range, cmp,
                                       has_interval, verdict, note))
-        details = {k: {"value": val, "ci": list(self._interval(boot[k], val)) if self.boot_weights else None}
+        # no interval around a detail with no value (a k too thin to measure: the few resamples
+        # where it is measurable would give an interval with nothing inside it)
+        details = {k: {"value": val, "ci": list(self._interval(boot[k], val))
+                       if self.boot_weights and isinstance(val, (int, float)) and math.isfinite(val) else None}
                    for k, val in point.items() if k not in {c.name for c in spec.checks}}
         nonfinite = [c.check.name for c in checks if not math.isfinite(c.value)]
         outside = [c.check.name for c in checks if c.out_of_range]

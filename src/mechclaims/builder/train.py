@@ -167,7 +167,7 @@ def pretrain(model, tok, cfg: BuildConfig, log=print) -> dict:
 
 
 def train_dpo(base, tok, pairs: list[dict], cfg: BuildConfig, *, measure=None, lora: bool = False,
-              log=print):
+              sft_weight: float = 0.0, log=print):
     """TRL ``DPOTrainer`` on ``pairs``; returns (trained model, summary with the curve).
 
     fp32 on purpose: TRL's ``DPOConfig`` defaults to ``bf16=True``, which on a CPU runs bf16
@@ -216,6 +216,8 @@ def train_dpo(base, tok, pairs: list[dict], cfg: BuildConfig, *, measure=None, l
             lr_scheduler_type="linear", warmup_steps=cfg.dpo_warmup_steps, max_length=cfg.dpo_max_length,
             logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False,
             seed=seed, data_seed=seed, disable_tqdm=True, dataloader_num_workers=0,
+            # DPO plus ``sft_weight`` x the chosen answers' NLL (TRL's "sft" loss; RPO)
+            **({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, sft_weight]} if sft_weight else {}),
         )
         trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=ds,
                              processing_class=tok, peft_config=peft_config, callbacks=[Curve()])
