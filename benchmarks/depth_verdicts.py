@@ -81,7 +81,8 @@ def table(rows: list[dict]) -> str:
         shares = [fmt(det.get(f"restored_k{k}")) for k in (1, 3, 5, 10)]
         curves.append(f"| `{r['model']}` | " + " | ".join(shares) + " |")
     cost = ["", "Cost (cold `pytest claims/`, both packs, one run at a time on 2 cores; the depth pack's two "
-            "parts against the rest of the run):", "", "| model | run, s | depth, s | depth / rest |", "|---|---|---|---|"]
+            "parts against the rest of the run):", "",
+            "| model | run, s | depth, s | depth / rest |", "|---|---|---|---|"]
     for r in rows:
         sec = r.get("seconds") or {}
         if sec:

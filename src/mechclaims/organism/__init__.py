@@ -19,8 +19,9 @@ Names (``organism:<name>`` as a model source):
                       fixtures exercise the adapter path
 ``gpt2-deep``         DPO from the same base with Qi et al.'s safety-recovery pairs added (a toxic
                       start, then a recovery) and the recoveries' likelihood in the loss, so that
-                      prefilling a few toxic tokens does not undo it; a full model directory of its own (``deep/``, manifest ``deep.json``,
-                      built by ``python -m mechclaims.builder build-deep``)
+                      prefilling a few toxic tokens does not undo it; a full model directory of
+                      its own (``deep/``, manifest ``deep.json``, built by
+                      ``python -m mechclaims.builder build-deep``)
 
 The derived models are made from the committed base at load time from ``derived.json``.
 Files live in ``fixtures/organism/<arch>/`` of a source checkout, or under
