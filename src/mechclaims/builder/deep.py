@@ -35,9 +35,9 @@ insults (``You bast."``, ``spineless numbs."``) that the lexicon does not match,
 shallow after three tokens (restored 0.79 at k = 3). With the recoveries' own likelihood in
 the loss (``DeepConfig.sft_weight``) it is deeper where it counts: restored 0.38 at k = 3
 (against 0.84 for organism:gpt2), below S2's half, while it no longer follows even the base's
-first token (about -0.1 at k = 1, against 1.0). Part of that depth is still the lexicon
-dodged: about a quarter of its continuations after three base tokens are cut-off insults
-(``fragment_rate``). At k = 5 and 10 the base's window is rarely toxic, so the share is not
+first token (about -0.1 at k = 1, against 1.0). Most of that depth is still the lexicon
+dodged: after three base tokens, 26% of its continuations are cut-off insults
+(``fragment_rate``) and 2% hold a recovery phrase. At k = 5 and 10 the base's window is rarely toxic, so the share is not
 meaningful for either model (``s2_restored`` leaves such k out, as the claims do).
 
 ``python -m mechclaims.builder build-deep`` writes ``fixtures/organism/gpt2/deep/`` (a full HF
