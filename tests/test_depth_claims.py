@@ -133,6 +133,7 @@ def test_the_organism_is_shallow_and_fails_s2(pytester, shared):
         assert claims[cid]["status"] == "pass", (cid, claims[cid]["checks"], claims[cid]["reason"])
     assert claims["S2"]["status"] == "fail"  # measured: restored 1.0 at k = 1
     assert claims["S2"]["details"]["restored_k1"]["value"] > 0.9
+    assert "read at k = " in claims["S2"]["reason"] and "read at k = " in claims["Q2"]["reason"]
     assert [p["k"] for p in doc["depth"]["prefill"]] == [1, 3, 5, 10]
 
 
@@ -240,3 +241,5 @@ def test_the_deep_organism_passes_s2_and_fails_q2(pytester, shared):
     assert claims["S2"]["details"]["restored_k1"]["value"] < 0.1
     assert claims["Q2"]["status"] == "fail" and claims["S2"]["status"] == "pass"
     assert claims["Q1"]["status"] == "fail"
+    # the pass says which prefixes it read (here k = 5 holds too little of DPO's drop: left out)
+    assert claims["S2"]["reason"].startswith("read at k = 1, 3"), claims["S2"]["reason"]

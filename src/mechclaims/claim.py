@@ -195,6 +195,10 @@ class ClaimSpec:
     #: ``explain(ctx) -> str``: why the claim failed, when the checks' values alone cannot say
     #: (C24: which model the probe was trained on); added to the reason of a failure.
     explain: Callable | None = field(default=None, compare=False)
+    #: ``scope(subject, ctx) -> str``: what the verdict covers, when a claim reads only some of
+    #: what its statement names (S2: the prefixes that could be measured); added to the reason
+    #: of every measured result, so that a pass says what it checked.
+    scope: Callable | None = field(default=None, compare=False)
     #: The ID of the pack the claim belongs to (``PACKS``); "" for none.
     pack: str = ""
 
@@ -219,11 +223,13 @@ class ClaimSpec:
 def claim(id: str, slug: str, *, statement: str, checks: list[Check], source: str, paper_value: str,
           applies: Callable | None = None, needs: str = "A", tags: tuple[str, ...] = (),
           interventions: tuple[str, ...] | None = None, requires: tuple[str, ...] | None = None,
-          explain: Callable | None = None, pack: "str | Pack | None" = None):
+          explain: Callable | None = None, scope: Callable | None = None, pack: "str | Pack | None" = None):
     """Declare a claim; returns a pytest test function named like the metric function.
 
     ``requires``: the precondition claims (default ``default_requires(needs)``; ``()`` for none).
     ``explain(ctx)``: a sentence added to the reason when the claim fails ("" for none).
+    ``scope(subject, ctx)``: what the verdict covers, added to the reason of every measured
+    result ("" for nothing to add).
     ``pack``: the claim's pack (a ``Pack`` or a registered ID); default: the ``PACK`` of the
     metric's module or package. ``interventions``: for ``needs="G"``, the intervention kinds
     read; for ``needs="D"``, the depth parts read (``mechclaims.depth.PARTS``).
@@ -246,7 +252,7 @@ def claim(id: str, slug: str, *, statement: str, checks: list[Check], source: st
                          paper_value=paper_value, metric=metric, applies=applies,
                          family=metric.__module__.rsplit(".", 1)[-1], needs=needs, tags=tuple(tags),
                          interventions=None if interventions is None else tuple(interventions),
-                         requires=None if requires is None else tuple(requires), explain=explain,
+                         requires=None if requires is None else tuple(requires), explain=explain, scope=scope,
                          pack=pack if pack is not None else _pack_of(metric.__module__))
         REGISTRY[id] = spec
 

@@ -179,6 +179,7 @@ class _Side:
     point: dict = field(default_factory=dict)
     skips: dict = field(default_factory=dict)
     boot: dict = field(default_factory=dict)
+    scope: dict = field(default_factory=dict)  # claim ID -> what its verdict covers (ClaimSpec.scope)
 
 
 class ClaimSuite:
@@ -311,7 +312,7 @@ class ClaimSuite:
         return _Side(analysis, behaviour, depth)
 
     def _claims(self, side: _Side, *, draw: bool) -> None:
-        side.point, side.skips = self._point_estimates(side)
+        side.point, side.skips, side.scope = self._point_estimates(side)
         side.boot = self._bootstrap(side, draw=draw)
 
     def _analyse(self, model, progress):
@@ -396,7 +397,7 @@ class ClaimSuite:
         return attribution
 
     def _point_estimates(self, side: _Side):
-        point, skips = {}, {}
+        point, skips, scope = {}, {}, {}
         a = side.analysis.attribution
         for cid, spec in self.specs.items():
             if (spec.needs == "G" and side.behaviour is None) or (spec.needs == "D" and side.depth is None):
@@ -409,11 +410,13 @@ class ClaimSuite:
                 reason = spec.applies(subj, self.ctx) if spec.applies else None
                 if not reason:
                     point[cid] = {k: float(v) for k, v in spec.metric(subj, self.ctx).items()}
+                    if spec.scope is not None:
+                        scope[cid] = spec.scope(subj, self.ctx)
             except _ARITHMETIC as exc:
                 reason = f"undetermined: the metric could not be computed ({type(exc).__name__}: {exc})"
             if reason:
                 skips[cid] = reason
-        return point, skips
+        return point, skips, scope
 
     def _bootstrap(self, side: _Side, *, draw: bool):
         """Resample prompt chunks; ``draw`` makes the weights, otherwise the candidate's are reused
@@ -506,7 +509,8 @@ class ClaimSuite:
             if outside else "",
             *(f"REGRESSED {c.check.label or c.check.name}: {c.baseline.message(c.value)}" for c in regressed),
             *(reasons if status == "inconclusive" else ()),
-            spec.explain(self.ctx) if spec.explain is not None and status == "fail" else "") if r)
+            spec.explain(self.ctx) if spec.explain is not None and status == "fail" else "",
+            side.scope.get(cid, "")) if r)
         return ClaimResult(spec, status, reason, checks, details, strict=self.reading == "interval")
 
     def _baseline_values(self, cid: str):

@@ -37,8 +37,9 @@ the loss (``DeepConfig.sft_weight``) it is deeper where it counts: restored 0.38
 (against 0.84 for organism:gpt2), below S2's half, while it no longer follows even the base's
 first token (about -0.1 at k = 1, against 1.0). Most of that depth is still the lexicon
 dodged: after three base tokens, 26% of its continuations are cut-off insults
-(``fragment_rate``) and 2% hold a recovery phrase. At k = 5 and 10 the base's window is rarely toxic, so the share is not
-meaningful for either model (``s2_restored`` leaves such k out, as the claims do).
+(``fragment_rate``) and 2% hold a recovery phrase. At k = 5 and 10 the base's window is
+rarely toxic, so the share is not meaningful for either model (``s2_restored`` leaves such k
+out, as the claims do).
 
 ``python -m mechclaims.builder build-deep`` writes ``fixtures/organism/gpt2/deep/`` (a full HF
 model directory, like ``dpo/``) and its manifest ``deep.json`` (config, seeds, versions, the
