@@ -378,7 +378,9 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
-def test_detoxify_checkpoint_with_code_is_refused_unless_trusted(detox_files, tmp_path):
+def test_detoxify_checkpoint_with_code_is_refused(detox_files, tmp_path):
+    """A checkpoint holding an object whose unpickling runs code is refused, never run, and the
+    refusal says how to keep only what Detoxify reads; that stripped file loads."""
     from mechclaims.scoring import ScorerError
 
     ckpt, hf_dir, _ = detox_files
@@ -387,8 +389,13 @@ def test_detoxify_checkpoint_with_code_is_refused_unless_trusted(detox_files, tm
     obj = torch.load(ckpt, weights_only=True)
     obj["hyper_parameters"] = _Payload(marker)
     torch.save(obj, evil)
-    with pytest.raises(ScorerError, match="trust_checkpoint=True"):
+    with pytest.raises(ScorerError, match="never runs code from a checkpoint") as err:
         DetoxifyScorer("original", checkpoint=evil, hf_dir=hf_dir)
+    assert "weights_only=False" in str(err.value) and "'state_dict': ck['state_dict']" in str(err.value)
     assert not marker.exists()
-    DetoxifyScorer("original", checkpoint=evil, hf_dir=hf_dir, trust_checkpoint=True)
-    assert marker.exists()  # the user's explicit trust is what lets it run
+    with pytest.raises(TypeError):  # no switch turns the refusal off
+        DetoxifyScorer("original", checkpoint=evil, hf_dir=hf_dir, trust_checkpoint=True)
+    clean = tmp_path / "clean.ckpt"  # the recipe, applied to what the payload rode on
+    torch.save({"config": obj["config"], "state_dict": obj["state_dict"]}, clean)
+    DetoxifyScorer("original", checkpoint=clean, hf_dir=hf_dir)
+    assert not marker.exists()

@@ -104,14 +104,9 @@ def windows(tok, gen: "C.Generator", n: int, n_ctx: int, docs_per_call: int = 25
     """``n`` windows of ``n_ctx`` tokens; each starts at a document (BOS at position 0)."""
     out, pending = [], []
     while len(out) < n:
-        if not pending:
-            docs = [gen.document() for _ in range(docs_per_call)]
-            enc = tok(docs, add_special_tokens=False)["input_ids"]
-            pending = [[tok.bos_token_id] + e + [tok.eos_token_id] for e in enc]
-            pending.reverse()
         w: list[int] = []
         while len(w) < n_ctx:
-            if not pending:
+            if not pending:  # the next batch of documents, encoded at once
                 docs = [gen.document() for _ in range(docs_per_call)]
                 enc = tok(docs, add_special_tokens=False)["input_ids"]
                 pending = [[tok.bos_token_id] + e + [tok.eos_token_id] for e in enc]

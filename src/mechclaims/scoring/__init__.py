@@ -26,9 +26,8 @@ token ids, cut by token position.
 
 Detoxify checkpoints are torch pickles (a dict of its config and state dict). ``DetoxifyScorer``
 reads them with ``torch.load(weights_only=True)``: plain containers and tensors only, so a file
-that would need code to unpickle is refused. Only with ``trust_checkpoint=True`` (for a
-checkpoint from a source you trust, e.g. the official release files from
-github.com/unitaryai/detoxify, should one carry other objects) is it fully unpickled. It reads a
+that would need code to unpickle is refused, never unpickled (the refusal says how to strip a
+checkpoint you trust down to its config and state dict). It reads a
 file only when the user names it (``checkpoint=``) or when it sits in the torch-hub cache under
 the official release file name (where ``Detoxify()`` itself would put it).
 """

@@ -2,10 +2,11 @@
 ``toxicity``), run from local files only; a probability in [0, 1].
 
 Detoxify checkpoints are torch pickles (a dict of its config and state dict). ``DetoxifyScorer``
-reads them with ``torch.load(weights_only=True)``: plain containers and tensors only, so a file
-that would need code to unpickle is refused. Only with ``trust_checkpoint=True`` is it fully
-unpickled. It reads a file only when the user names it (``checkpoint=``) or when it sits in the
-torch-hub cache under the official release file name (where ``Detoxify()`` itself would put it).
+reads them with ``torch.load(weights_only=True)`` only: plain containers and tensors, so a
+file that would need code to unpickle is refused, whoever made it (the refusal says how to strip
+a checkpoint you trust down to its config and state dict, once, where you trust it). It reads a
+file only when the user names it (``checkpoint=``) or when it sits in the torch-hub cache under
+the official release file name (where ``Detoxify()`` itself would put it).
 ``import detoxify`` here is the installed package (absolute imports), not this module.
 """
 
@@ -128,10 +129,10 @@ class DetoxifyScorer:
         entry (``huggingface-cli download bert-base-uncased config.json vocab.txt``) for the base
         model type. The HF-cache snapshot directory is then used as in (a).
 
-    Security: a Detoxify checkpoint is a pickle, unpickled with ``weights_only=False`` (its
-    format needs it) and able to run arbitrary code. Use only trusted files (the official
-    releases). Without ``checkpoint=`` only the official release file name in the torch-hub
-    cache is opened.
+    Security: a Detoxify checkpoint is a pickle; it is read with ``torch.load(weights_only=True)``
+    only, so one that holds anything but containers, strings, numbers and tensors is refused,
+    never unpickled. Without ``checkpoint=`` only the official release file name in the
+    torch-hub cache is opened.
 
     ``variant``: ``original`` (Yang et al.'s HEAD scorer), ``unbiased``, ``multilingual`` (and
     the ``-small`` ALBERT models). ``attribute``: a class name of the checkpoint (``toxicity``,
@@ -143,8 +144,7 @@ class DetoxifyScorer:
     def __init__(self, variant: str = "original", checkpoint: str | Path | None = None,
                  hf_dir: str | Path | None = None, device: str = "cpu", attribute: str = "toxicity",
                  *, batch_size: int = 32, hf_cache_dir: str | Path | None = None,
-                 torch_hub_dir: str | Path | None = None, trust_checkpoint: bool = False):
-        self.trust_checkpoint = bool(trust_checkpoint)
+                 torch_hub_dir: str | Path | None = None):
         if variant not in DETOXIFY_RELEASES:
             raise ScorerError(f"Detoxify variant {variant!r} is unknown; choose one of {sorted(DETOXIFY_RELEASES)}.")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -224,15 +224,15 @@ class DetoxifyScorer:
         import pickle
 
         try:
-            if self.trust_checkpoint:  # the caller vouched for this file: full unpickling
-                loaded = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
-            else:
-                loaded = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+            loaded = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
         except pickle.UnpicklingError as exc:
             raise ScorerError(
                 f"refused to unpickle the Detoxify checkpoint {str(self.checkpoint)!r}: it holds "
-                f"objects beyond plain containers and tensors ({str(exc)[:200]}). If it comes from a "
-                "source you trust (the official release), pass trust_checkpoint=True."
+                f"objects beyond plain containers and tensors ({str(exc)[:200]}). mechclaims never runs "
+                "code from a checkpoint. If the file comes from a source you trust, keep only what "
+                "Detoxify reads, once, where you trust it: ck = torch.load(PATH, weights_only=False); "
+                "torch.save({'config': ck['config'], 'state_dict': ck['state_dict']}, 'clean.ckpt'); "
+                "then pass checkpoint='clean.ckpt'."
             ) from exc
         except Exception as exc:  # noqa: BLE001 - a broken pickle raises anything
             raise ScorerError(
